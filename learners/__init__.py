@@ -1,0 +1,1 @@
+"""Compression algorithms and training utilities (plain PyTorch; no Gymnasium inside)."""

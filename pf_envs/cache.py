@@ -1,0 +1,56 @@
+"""On-disk cache for values that are expensive and deterministic (layer statistics, baseline
+accuracies), keyed by a fingerprint of the model's weights and every setting that matters.
+
+Values must be tensors, numbers, strings or containers of them (loaded with
+``weights_only=True``). A cache file that cannot be read is deleted and recomputed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from torch import nn
+
+from pf_envs.data import cache_dir
+
+T = TypeVar("T")
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """SHA-1 of the architecture's parameter names/shapes and every weight and buffer."""
+    h = hashlib.sha1()
+    for name, tensor in model.state_dict().items():
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def cache_key(kind: str, **parts: Any) -> str:
+    """A file-name-safe key from a kind and JSON-serialisable parts."""
+    blob = json.dumps(parts, sort_keys=True, default=str)
+    return f"{kind}-{hashlib.sha1(blob.encode()).hexdigest()[:20]}"
+
+
+def cached(key: str, compute: Callable[[], T], enabled: bool = True, subdir: str = "envs") -> T:
+    """``compute()``, memoised in ``<cache_dir>/<subdir>/<key>.pt`` when ``enabled``."""
+    if not enabled:
+        return compute()
+    path = Path(cache_dir()) / subdir / f"{key}.pt"
+    if path.is_file():
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:
+            path.unlink(missing_ok=True)
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    torch.save(value, tmp)
+    os.replace(tmp, path)
+    return value

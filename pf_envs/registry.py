@@ -1,0 +1,45 @@
+"""The environment registry: one table of ids, generated from methods x zoo models.
+
+``ChannelPrune-MobileNetV1-v0`` = method ``ChannelPrune`` on the zoo's CIFAR-10 MobileNet-V1;
+``ChannelPrune-v0`` is the same environment with the model left to the caller
+(``gym.make("ChannelPrune-v0", model=my_module)``). Every kwarg passes through ``gym.make``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+
+from pf_envs import zoo
+
+# method name -> entry point ("module:Class"); one row per implemented compression method.
+METHODS: dict[str, str] = {
+    "ChannelPrune": "pf_envs.envs.channel_prune:ChannelPruneEnv",
+}
+
+
+def _build_ids() -> dict[str, dict[str, Any]]:
+    ids: dict[str, dict[str, Any]] = {}
+    for method, entry_point in METHODS.items():
+        ids[f"{method}-v0"] = {"entry_point": entry_point, "kwargs": {}}
+        for name in zoo.list_models("cifar10"):
+            spec = zoo.MODELS[name]
+            ids[f"{method}-{spec.env_name}-v0"] = {"entry_point": entry_point, "kwargs": {"model": name}}
+    return ids
+
+
+ENV_IDS: dict[str, dict[str, Any]] = _build_ids()
+
+
+def register_all() -> None:
+    """Register every id of :data:`ENV_IDS` with Gymnasium (idempotent)."""
+    for env_id, spec in ENV_IDS.items():
+        if env_id not in gym.registry:
+            gym.register(id=env_id, entry_point=spec["entry_point"], kwargs=dict(spec["kwargs"]),
+                         disable_env_checker=False)
+
+
+def env_ids(method: str | None = None) -> list[str]:
+    """Registered ids, optionally of one method."""
+    return sorted(i for i in ENV_IDS if method is None or i.startswith(f"{method}-"))

@@ -1,0 +1,73 @@
+"""Reward functions, selectable by name (``reward="accuracy"``); one registry table.
+
+Each takes the candidate's measurements and returns the reward and its components
+(which the environment reports under ``info["reward_components"]``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """What is known about a compressed candidate when its reward is computed.
+
+    Attributes:
+        accuracy: top-1 in [0, 1] on the reward split after recovery.
+        accuracy_original: the uncompressed model's accuracy on the same images.
+        flops: MACs of the candidate for one input sample.
+        flops_ratio: candidate MACs / original MACs.
+        params_ratio: candidate parameters / original parameters.
+    """
+
+    accuracy: float
+    accuracy_original: float
+    flops: float
+    flops_ratio: float
+    params_ratio: float
+
+
+RewardFn = Callable[[Measurements], tuple[float, dict[str, float]]]
+
+
+def accuracy(m: Measurements) -> tuple[float, dict[str, float]]:
+    """Accuracy under the hard (clamped) budget: the default of AMC and PocketFlow."""
+    return m.accuracy, {"accuracy": m.accuracy}
+
+
+def acc_log_flops(m: Measurements) -> tuple[float, dict[str, float]]:
+    """AMC's ``acc_flops`` reward: ``-(1 - acc) * log(FLOPs)`` (FLOPs = MACs of the candidate)."""
+    log_flops = math.log(max(m.flops, 1.0))
+    return -(1.0 - m.accuracy) * log_flops, {"error": 1.0 - m.accuracy, "log_flops": log_flops}
+
+
+def pocketflow_flops(m: Measurements) -> tuple[float, dict[str, float]]:
+    """PocketFlow's ``flops`` reward: ``-max(0.15, 1 - acc) * log(FLOPs)``."""
+    log_flops = math.log(max(m.flops, 1.0))
+    err = max(0.15, 1.0 - m.accuracy)
+    return -err * log_flops, {"error_floored": err, "log_flops": log_flops}
+
+
+def accuracy_drop(m: Measurements) -> tuple[float, dict[str, float]]:
+    """HAQ's reward: ``(acc - acc_original) * 0.1``."""
+    drop = m.accuracy - m.accuracy_original
+    return 0.1 * drop, {"accuracy_drop": drop}
+
+
+REWARDS: dict[str, RewardFn] = {
+    "accuracy": accuracy,
+    "acc_log_flops": acc_log_flops,
+    "pocketflow_flops": pocketflow_flops,
+    "accuracy_drop": accuracy_drop,
+}
+
+
+def get_reward(name: str) -> RewardFn:
+    """The reward function called ``name``."""
+    try:
+        return REWARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown reward {name!r}; choose one of {sorted(REWARDS)}") from None

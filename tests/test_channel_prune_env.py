@@ -1,0 +1,190 @@
+"""ChannelPrune environments, generated from the registry table."""
+
+from __future__ import annotations
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import SMALL_ENV_KWARGS
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from torch import nn
+
+import pf_envs
+from learners.training import evaluate
+from pf_envs import zoo
+from pf_envs.layers import count_macs
+
+MODEL_IDS = [i for i in pf_envs.env_ids("ChannelPrune") if i != "ChannelPrune-v0"]
+
+
+def _model_of(env_id: str) -> str:
+    return pf_envs.ENV_IDS[env_id]["kwargs"]["model"]
+
+
+def make(env_id: str, checkpoints, **kwargs) -> gym.Env:
+    ckpt = checkpoints(_model_of(env_id))
+    if ckpt is not None:
+        kwargs.setdefault("checkpoint", ckpt)
+    return gym.make(env_id, **{**SMALL_ENV_KWARGS, **kwargs})
+
+
+def play(env: gym.Env, policy, seed: int = 0, dry_run: bool = False):
+    obs, _ = env.reset(seed=seed, options={"dry_run": dry_run})
+    t = 0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(np.array([policy(t)], np.float32))
+        assert env.observation_space.contains(obs)
+        t += 1
+        if terminated or truncated:
+            return reward, info
+
+
+def test_registry_ids():
+    assert set(MODEL_IDS) == {f"ChannelPrune-{m}-v0" for m in ("MobileNetV1", "MobileNetV2", "ResNet20", "ResNet56")}
+    for env_id in pf_envs.ENV_IDS:
+        assert env_id in gym.registry
+
+
+@pytest.mark.parametrize("env_id", MODEL_IDS)
+def test_env_checkers(env_id, cifar_root, checkpoints):
+    env = make(env_id, checkpoints)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    sb3_check_env(env.unwrapped, warn=True)
+    reward, info = play(env, lambda t: 0.0)
+    assert isinstance(reward, float) and 0.0 <= info["accuracy"] <= 1.0
+    assert info["flops_ratio"] <= env.unwrapped.flops_budget + 1e-9
+
+
+@pytest.mark.parametrize("env_id", MODEL_IDS)
+@pytest.mark.parametrize("budget", [0.3, 0.5, 0.8])
+def test_budget_never_exceeded(env_id, budget, cifar_root, checkpoints):
+    env = make(env_id, checkpoints, flops_budget=budget)
+    rng = np.random.default_rng(0)
+    policies = [lambda t: -1.0, lambda t: 1.0, lambda t: 1.0 if t % 2 else -1.0, lambda t: -1.0 if t % 2 else 1.0]
+    policies += [lambda t, r=rng.uniform(-1, 1, 100): r[t] for _ in range(20)]
+    for i, policy in enumerate(policies):
+        _, info = play(env, policy, seed=i, dry_run=True)
+        assert info["flops_ratio"] <= budget + 1e-9, (i, info["keep_ratios"])
+        assert all(0.0 < k <= 1.0 for k in info["keep_ratios"])
+
+
+def test_compressed_model_is_smaller_and_matches_info(cifar_root, checkpoints):
+    env = make("ChannelPrune-ResNet20-v0", checkpoints, flops_budget=0.5)
+    _, info = play(env, lambda t: 0.3 if t % 3 else -0.5)
+    u = env.unwrapped
+    pruned = u.compressed_model()
+    assert count_macs(pruned, 32) == pytest.approx(info["flops_ratio"] * u.total_macs, rel=1e-9)
+    n_params = sum(p.numel() for p in pruned.parameters())
+    assert n_params == pytest.approx(info["params_ratio"] * u.total_params) and info["params_ratio"] < 0.9
+    assert evaluate(pruned, u.reward_data) == info["accuracy"]
+    assert info["accuracy_original"] == u.accuracy_original
+    assert len(info["keep_ratios"]) == u.num_steps == len(info["keep_counts"])
+    assert info["reward_components"] == {"accuracy": info["accuracy"]}
+
+
+def test_same_seed_same_episode(cifar_root, checkpoints):
+    env = make("ChannelPrune-ResNet20-v0", checkpoints, ft_iters=3, ft_batch_size=16)
+    a = play(env, lambda t: 0.1 * t - 0.5, seed=7)
+    b = play(env, lambda t: 0.1 * t - 0.5, seed=7)
+    assert a[0] == b[0] and a[1]["keep_ratios"] == b[1]["keep_ratios"]
+
+
+def test_acc_log_flops_reward(cifar_root, checkpoints):
+    env = make("ChannelPrune-ResNet20-v0", checkpoints, reward="acc_log_flops")
+    reward, info = play(env, lambda t: 0.0)
+    assert reward == pytest.approx(-(1 - info["accuracy"]) * np.log(info["flops"]))
+
+
+def test_observation_layout(cifar_root, checkpoints):
+    env = make("ChannelPrune-MobileNetV1-v0", checkpoints)
+    obs, info = env.reset(seed=0)
+    u = env.unwrapped
+    assert obs.shape == (11,) and len(u.observation_features()) == 11
+    assert u.num_steps == 14 and info["num_steps"] == 14
+    assert obs[0] == 0.0 and obs[-3] == 0.0 and obs[-1] == 1.0  # step 0, nothing reduced yet
+    obs2, _, _, _, step_info = env.step(np.array([-1.0], np.float32))
+    assert obs2[0] > 0 and obs2[-3] > 0 and obs2[-1] == pytest.approx(step_info["applied"])
+
+
+def test_custom_model(cifar_root):
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 64, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 10),
+    )
+    env = gym.make("ChannelPrune-v0", model=model, dataset="cifar10", input_size=32, **SMALL_ENV_KWARGS)
+    assert env.unwrapped.num_steps == 2
+    _, info = play(env, lambda t: -1.0)
+    assert info["flops_ratio"] <= 0.5 + 1e-9
+    assert env.unwrapped.compressed_model()[0].out_channels < 32
+
+
+def test_nan_action_is_a_clear_error(cifar_root, checkpoints):
+    env = make("ChannelPrune-ResNet20-v0", checkpoints)
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match="finite"):
+        env.unwrapped.step(np.array([np.nan], np.float32))
+    with pytest.raises(RuntimeError, match="reset"):
+        play(env, lambda t: 0.0)
+        env.unwrapped.step(np.array([0.0], np.float32))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"flops_budgte": 0.5}, "flops_budget"),
+        ({"flops_budget": 1.5}, r"\(0, 1\]"),
+        ({"flops_budget": 0.01}, "unreachable"),
+        ({"reward": "speed"}, "acc_log_flops"),
+        ({"selection": "random"}, "lasso"),
+        ({"dataset": "mnist"}, "cifar10"),
+        ({"ft_iters": -1}, "non-negative"),
+    ],
+)
+def test_bad_kwargs(kwargs, match, cifar_root, checkpoints):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make("ChannelPrune-ResNet20-v0", checkpoints, **kwargs)
+
+
+def test_unshipped_checkpoint_is_a_clear_error(cifar_root, monkeypatch, tmp_path):
+    monkeypatch.setattr(zoo, "CHECKPOINT_DIR", tmp_path)
+    with pytest.raises(zoo.CheckpointError, match="no trained cifar10 checkpoint"):
+        gym.make("ChannelPrune-ResNet56-v0", **SMALL_ENV_KWARGS)
+
+
+def test_unknown_env_id():
+    with pytest.raises(gym.error.Error):
+        gym.make("ChannelPrune-VGG16-v0")
+
+
+def test_imagenet_variant_on_tiny_tree(tmp_path):
+    from test_data import _write_image_tree
+
+    _write_image_tree(tmp_path / "imagenet", ["n01", "n02", "n03", "n04"], per_class=6, size=64, splits=("train", "val"))
+    torch.manual_seed(0)
+    ckpt = zoo.save_checkpoint(zoo.create_model("mobilenet_v1", "imagenet", num_classes=4), tmp_path / "mb.pt")
+    env = gym.make(
+        "ChannelPrune-MobileNetV1-v0", dataset="imagenet", data_root=str(tmp_path), checkpoint=str(ckpt),
+        ft_iters=1, ft_batch_size=4, reward_samples=8, bn_batches=1, bn_batch_size=4, feature_images=4,
+        points_per_image=2, cache=False,
+    )
+    u = env.unwrapped
+    assert u.input_size == 224 and u.table.rows[0].stride == (2, 2)
+    _, info = play(env, lambda t: 0.0)
+    assert 0.0 <= info["accuracy"] <= 1.0 and info["flops_ratio"] <= 0.5 + 1e-9
+
+
+def test_async_vector_env(cifar_root, checkpoints):
+    ckpt = checkpoints("resnet20")
+    kwargs = {**SMALL_ENV_KWARGS, **({"checkpoint": ckpt} if ckpt else {})}
+    envs = gym.vector.AsyncVectorEnv([lambda: gym.make("ChannelPrune-ResNet20-v0", **kwargs)] * 2)
+    try:
+        obs, _ = envs.reset(seed=0)
+        assert obs.shape == (2, 11)
+        obs, reward, term, trunc, _ = envs.step(np.zeros((2, 1), np.float32))
+        assert obs.shape == (2, 11) and not term.any()
+    finally:
+        envs.close()
