@@ -10,6 +10,10 @@ Subclasses provide the units and their static features, the mapping and the clam
 evaluation of a finished policy; this class holds the Gymnasium contract: spaces, seeding,
 input checks, observations, ``info`` and the reward registry.
 
+Every step's ``info`` has ``raw_action`` (the agent's action, clipped to [-1, 1]),
+``applied`` (the value in the method's units after clamping and rounding) and
+``applied_action`` (that value mapped back to [-1, 1]: what a learning agent should store).
+
 ``reset(options={"dry_run": True})`` plays an episode without scoring it (reward 0.0, no
 ``accuracy`` in ``info``): the final ``info`` still has the applied policy and its
 ``flops_ratio``, so a baseline can search the budget geometry for free.
@@ -97,6 +101,10 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     def _action_to_value(self, action: float) -> float:
         raise NotImplementedError
 
+    def _value_to_action(self, value: float) -> float:
+        """Inverse of :meth:`_action_to_value` (for reporting the applied action)."""
+        raise NotImplementedError
+
     def _apply(self, t: int, value: float) -> tuple[float, dict[str, Any]]:
         """Clamp, round and record ``value`` for unit ``t``; return (applied, step info)."""
         raise NotImplementedError
@@ -149,7 +157,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.raw_actions.append(raw)
         self.applied.append(applied)
         self._t += 1
-        info = {"step": self._t - 1, "raw_action": raw, "applied": applied, **info}
+        applied_action = float(np.clip(self._value_to_action(applied), -1.0, 1.0))
+        info = {"step": self._t - 1, "raw_action": raw, "applied": applied, "applied_action": applied_action, **info}
         if self._t < self.num_steps:
             return self._observation(), 0.0, False, False, info
         self._done = True

@@ -281,6 +281,9 @@ class ChannelPruneEnv(CompressionEnv):
     def _action_to_value(self, action: float) -> float:
         return self.min_keep + (action + 1.0) / 2.0 * (1.0 - self.min_keep)
 
+    def _value_to_action(self, value: float) -> float:
+        return 2.0 * (value - self.min_keep) / max(1.0 - self.min_keep, 1e-12) - 1.0
+
     def _apply(self, t: int, value: float) -> tuple[float, dict[str, Any]]:
         gid = self.step_groups[t]
         c, r = self.table.groups[gid].channels, self.channel_round

@@ -1,0 +1,68 @@
+"""Tree-structured Parzen estimator (Optuna) over the per-step action vector.
+
+The study lives in ``<run>/optuna.db`` (SQLite) unless ``storage`` names another Optuna RDB
+URL; several processes or machines that pass the same ``storage`` and ``study_name`` search
+one study together, each recording its own episodes in its own run folder::
+
+    python scripts/search.py --env ChannelPrune-ResNet20-v0 --agent tpe --episodes 100 \\
+        --storage sqlite:////shared/tpe.db --study-name r20-tpe --run-name worker0 --seed 0
+    python scripts/search.py ... --storage sqlite:////shared/tpe.db --study-name r20-tpe --run-name worker1 --seed 1
+
+(For many machines, a PostgreSQL/MySQL URL works the same way.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pf_agents.base import BlackBoxAgent
+
+
+class TPEAgent(BlackBoxAgent):
+    name = "tpe"
+    DEFAULTS: dict = {"storage": None, "study_name": None, "n_startup_trials": 10, "multivariate": True}
+
+    def run(self) -> None:
+        import optuna
+        from optuna.distributions import FloatDistribution
+        from optuna.trial import TrialState, create_trial
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = self.config["storage"] or f"sqlite:///{(self.run_dir / 'optuna.db').resolve()}"
+        study_name = self.config["study_name"] or self.run_dir.name
+        sampler = optuna.samplers.TPESampler(
+            seed=self.seed, n_startup_trials=int(self.config["n_startup_trials"]),
+            multivariate=bool(self.config["multivariate"]),
+        )
+        study = optuna.create_study(
+            study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+        )
+        dists = {f"a{i}": FloatDistribution(-1.0, 1.0) for i in range(self.steps)}
+        run = self.run_dir.name
+        # Reconcile with the records: trials of this run that were cut short are failed, and
+        # recorded episodes the study never heard of (killed between the two) are added.
+        told = set()
+        for trial in study.get_trials(deepcopy=False):
+            if trial.user_attrs.get("run") != run:
+                continue
+            if trial.state == TrialState.RUNNING:
+                study.tell(trial.number, state=TrialState.FAIL)
+            elif trial.state == TrialState.COMPLETE:
+                told.add(trial.user_attrs.get("episode"))
+        for ep in self.history:
+            if ep["episode"] not in told:
+                params = {f"a{i}": float(np.clip(a, -1, 1)) for i, a in enumerate(ep["raw_actions"])}
+                study.add_trial(create_trial(params=params, distributions=dists, value=float(ep["reward"]),
+                                             user_attrs={"run": run, "episode": ep["episode"]}))
+        while not self.budget.exhausted:
+            trial = study.ask(dists)
+            trial.set_user_attr("run", run)
+            trial.set_user_attr("episode", self.budget.done)
+            self.env.agent_info = {"trial": trial.number, "study": study_name}
+            x = np.array([trial.params[f"a{i}"] for i in range(self.steps)])
+            try:
+                reward, _ = self.play(x)
+            except BaseException:
+                study.tell(trial, state=TrialState.FAIL)
+                raise
+            study.tell(trial, reward)

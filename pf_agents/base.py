@@ -1,0 +1,166 @@
+"""What every search agent shares: the episode budget and the agent base classes.
+
+Agents see only the Gymnasium API and the env's documented ``info`` keys. The harness
+(:mod:`pf_agents.search`) wraps the environment in an :class:`EpisodeRecorder`, which
+reseeds every episode, records it and counts it against the budget; an agent just plays
+episodes until ``budget.exhausted``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+
+
+class EpisodeBudget:
+    """How many scored episodes the run may still play."""
+
+    def __init__(self, done: int, total: int) -> None:
+        self.done = done
+        self.total = total
+
+    @property
+    def exhausted(self) -> bool:
+        return self.done >= self.total
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.total - self.done)
+
+
+def episode_seed(seed: int, episode: int) -> int:
+    """The reset seed of episode ``episode`` of a run seeded ``seed`` (stable across resumes)."""
+    return int(np.random.SeedSequence([seed, episode]).generate_state(1)[0] % (2**31 - 1))
+
+
+class EpisodeRecorder(gym.Wrapper):
+    """Reseeds each episode from (run seed, episode index) and reports each scored episode.
+
+    ``on_episode(record)`` receives a dict with the episode index, its seed, the reward,
+    raw and applied actions (per step), the final ``info`` and the wall time. Dry-run
+    episodes (``reset(options={"dry_run": True})``) are neither reseeded nor reported.
+    """
+
+    def __init__(self, env: gym.Env, seed: int, budget: EpisodeBudget, on_episode: Callable[[dict], None]) -> None:
+        super().__init__(env)
+        self.run_seed = seed
+        self.budget = budget
+        self.on_episode = on_episode
+        self.agent_info: dict[str, Any] = {}
+        self._reset_episode(None, False)
+
+    def _reset_episode(self, seed: int | None, dry: bool) -> None:
+        self._seed, self._dry = seed, dry
+        self._raw: list[float] = []
+        self._applied: list[float] = []
+        self._applied_action: list[float] = []
+        self._t0 = time.time()
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        dry = bool((options or {}).get("dry_run", False))
+        if not dry:
+            seed = episode_seed(self.run_seed, self.budget.done)
+        self._reset_episode(seed, dry)
+        return self.env.reset(seed=seed, options=options)
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(action)
+        self._raw.append(info.get("raw_action"))
+        self._applied.append(info.get("applied"))
+        self._applied_action.append(info.get("applied_action"))
+        if (terminated or truncated) and not self._dry and not info.get("dry_run", False):
+            final = {k: v for k, v in info.items() if k not in ("step", "raw_action", "applied", "applied_action")}
+            record = {
+                "episode": self.budget.done,
+                "seed": self._seed,
+                "reward": float(reward),
+                "raw_actions": list(self._raw),
+                "applied": list(self._applied),
+                "applied_actions": list(self._applied_action),
+                "info": final,
+                "wall_time_s": round(time.time() - self._t0, 3),
+                "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            }
+            if self.agent_info:
+                record["agent_info"] = dict(self.agent_info)
+            self.budget.done += 1
+            self.on_episode(record)
+        return obs, reward, terminated, truncated, info
+
+
+class Agent:
+    """Base of every search agent.
+
+    Args:
+        env: the recorder-wrapped environment.
+        seed: run seed.
+        run_dir: the run folder (agents may keep state there, e.g. a model to resume from).
+        history: episodes already recorded in this run (resume); empty for a new run.
+        budget: the episode budget shared with the recorder.
+        **kwargs: agent settings (see each agent's ``DEFAULTS``).
+    """
+
+    name: ClassVar[str] = "agent"
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(
+        self,
+        env: EpisodeRecorder,
+        *,
+        seed: int,
+        run_dir: Path,
+        history: list[dict[str, Any]],
+        budget: EpisodeBudget,
+        **kwargs: Any,
+    ) -> None:
+        unknown = sorted(set(kwargs) - set(self.DEFAULTS))
+        if unknown:
+            raise TypeError(
+                f"agent {self.name!r} got unknown setting(s) {unknown}; valid: {sorted(self.DEFAULTS)}"
+            )
+        self.env = env
+        self.seed = seed
+        self.run_dir = Path(run_dir)
+        self.history = history
+        self.budget = budget
+        self.config = {**self.DEFAULTS, **kwargs}
+        self.steps = env.unwrapped.num_steps if hasattr(env.unwrapped, "num_steps") else None
+
+    def run(self) -> None:
+        """Play episodes until the budget is exhausted (or the agent has nothing left to try)."""
+        raise NotImplementedError
+
+
+class BlackBoxAgent(Agent):
+    """An agent that proposes a whole per-step action vector and plays it as one episode."""
+
+    def __init__(self, env: EpisodeRecorder, **kwargs: Any) -> None:
+        super().__init__(env, **kwargs)
+        if self.steps is None:
+            self.steps = self._count_steps()
+
+    def _count_steps(self) -> int:
+        self.env.reset(options={"dry_run": True})
+        n = 0
+        while True:
+            n += 1
+            *_, terminated, truncated, _ = self.env.step(np.zeros(self.env.action_space.shape, np.float32))
+            if terminated or truncated:
+                return n
+
+    def play(self, actions: np.ndarray, dry_run: bool = False) -> tuple[float, dict[str, Any]]:
+        """Play one episode with ``actions[t]`` at step ``t``; returns (reward, final info)."""
+        actions = np.asarray(actions, dtype=np.float32).reshape(-1)
+        if len(actions) != self.steps:
+            raise ValueError(f"expected {self.steps} actions, got {len(actions)}")
+        self.env.reset(options={"dry_run": True} if dry_run else None)
+        for a in actions:
+            _, reward, terminated, truncated, info = self.env.step(np.array([a], np.float32))
+            if terminated or truncated:
+                return float(reward), info
+        raise RuntimeError("the episode did not end after the expected number of steps")

@@ -1,0 +1,162 @@
+"""The search harness: one environment, one agent, a budget of episodes, a run folder.
+
+>>> from pf_agents import search
+>>> result = search("ChannelPrune-ResNet20-v0", agent="tpe", episodes=50, seed=0,
+...                 env_kwargs={"flops_budget": 0.5, "ft_iters": 0})      # doctest: +SKIP
+>>> result.best["reward"], result.best["applied"]                          # doctest: +SKIP
+
+Swapping the agent is the one argument; everything else (the env, its clamp and reward,
+the records, the curves) stays the same.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+from pf_agents.base import EpisodeBudget, EpisodeRecorder
+from pf_agents.records import RunRecord
+from pf_agents.registry import AGENTS, get_agent_class
+
+
+@dataclass
+class SearchResult:
+    """What a search found.
+
+    Attributes:
+        run_dir: the run folder (records, TensorBoard curves, agent state).
+        best: the best episode's record (``reward``, ``applied`` per-layer values,
+            ``raw_actions``, ``info`` with accuracy, flops_ratio, ...); None if no episode ran.
+        history: every episode's record, in order.
+    """
+
+    run_dir: Path
+    best: dict[str, Any] | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def best_reward(self) -> float | None:
+        return None if self.best is None else self.best["reward"]
+
+    @property
+    def best_policy(self) -> list[float] | None:
+        """Applied per-layer values of the best episode (keep ratios for ChannelPrune)."""
+        return None if self.best is None else self.best["applied"]
+
+
+def pf_env_ids() -> list[str]:
+    import pf_envs
+
+    return sorted(pf_envs.ENV_IDS)
+
+
+def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
+    """``gym.make`` with an error that lists this project's ids when ``env_id`` is unknown."""
+    import pf_envs  # noqa: F401  (registers the ids)
+
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown env {env_id!r}; pocketflow-gym registers {pf_env_ids()}")
+    return gym.make(env_id, **(env_kwargs or {}))
+
+
+def default_run_name(env_id: str, agent: str, seed: int) -> str:
+    return f"{env_id}__{agent}__seed{seed}"
+
+
+def search(
+    env: str | gym.Env,
+    agent: str = "ddpg",
+    episodes: int = 100,
+    seed: int = 0,
+    logdir: str | Path = "runs",
+    *,
+    run_name: str | None = None,
+    resume: bool = False,
+    env_kwargs: dict[str, Any] | None = None,
+    agent_kwargs: dict[str, Any] | None = None,
+    progress: bool = True,
+) -> SearchResult:
+    """Search a compression policy.
+
+    Args:
+        env: an env id (``ChannelPrune-MobileNetV1-v0``) or an environment instance.
+        agent: one of :data:`pf_agents.registry.AGENTS` (ddpg, td3, sac, gp, tpe, random, uniform).
+        episodes: total scored episodes of the run (a resumed run plays what is left).
+        seed: seeds the agent and every episode's reset (episode ``i`` gets a seed derived
+            from ``(seed, i)``).
+        logdir: parent folder of run folders.
+        run_name: run folder name (default ``{env}__{agent}__seed{seed}``).
+        resume: continue the run recorded in the run folder (required if it exists).
+        env_kwargs: kwargs for ``gym.make`` (only with an env id).
+        agent_kwargs: agent settings (see the agent's ``DEFAULTS``).
+        progress: show a progress bar.
+
+    Raises:
+        ValueError: unknown env id or agent, or resuming with other settings.
+        FileExistsError: the run folder holds a run and ``resume`` is false.
+    """
+    if int(episodes) != episodes or episodes < 1:
+        raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
+    agent_cls = get_agent_class(agent)
+    agent_kwargs = dict(agent_kwargs or {})
+    unknown = sorted(set(agent_kwargs) - set(agent_cls.DEFAULTS))
+    if unknown:
+        raise TypeError(f"agent {agent!r} got unknown setting(s) {unknown}; valid: {sorted(agent_cls.DEFAULTS)}")
+    if isinstance(env, str):
+        env_id = env
+        if env_id not in pf_env_ids() and env_id not in gym.registry:
+            raise ValueError(f"unknown env {env_id!r}; pocketflow-gym registers {pf_env_ids()}")
+    else:
+        if env_kwargs:
+            raise ValueError("env_kwargs apply to an env id; pass them when you build the env instead")
+        env_id = env.spec.id if env.spec is not None else type(env.unwrapped).__name__
+    run_dir = Path(logdir) / (run_name or default_run_name(env_id, agent, seed))
+    config = {
+        "env_id": env_id, "env_kwargs": dict(env_kwargs or {}), "agent": agent,
+        "agent_kwargs": {**agent_cls.DEFAULTS, **agent_kwargs}, "seed": int(seed), "episodes": int(episodes),
+        "run_dir": str(run_dir), "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    record = RunRecord.create(run_dir, config, resume)
+    budget = EpisodeBudget(done=len(record.episodes), total=int(episodes))
+    if budget.exhausted:
+        return SearchResult(run_dir, record.best, record.episodes)
+
+    instance = make_env(env_id, env_kwargs) if isinstance(env, str) else env
+    from pf_agents.tensorboard import CompressionLogger
+
+    logger = CompressionLogger(run_dir, {k: v for k, v in config.items() if k != "started"})
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=budget.total, initial=budget.done, desc=f"{agent} on {env_id}", unit="ep", dynamic_ncols=True)
+
+    def on_episode(rec: dict[str, Any]) -> None:
+        rec["agent"] = agent
+        record.append(rec)
+        best = record.best["reward"]
+        logger.episode(rec, best)
+        if bar is not None:
+            bar.set_postfix(best=f"{best:.4f}", last=f"{rec['reward']:.4f}", s_per_ep=f"{rec['wall_time_s']:.1f}")
+            bar.update(1)
+
+    recorder = EpisodeRecorder(instance, int(seed), budget, on_episode)
+    try:
+        runner = agent_cls(recorder, seed=int(seed), run_dir=run_dir, history=list(record.episodes),
+                           budget=budget, **agent_kwargs)
+        runner.run()
+    finally:
+        if bar is not None:
+            bar.close()
+        logger.close(record.best["reward"] if record.best else None)
+        if isinstance(env, str):
+            instance.close()
+    return SearchResult(run_dir, record.best, record.episodes)
+
+
+__all__ = ["AGENTS", "SearchResult", "make_env", "search"]

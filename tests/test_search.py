@@ -1,0 +1,224 @@
+"""The search harness and every agent, on a small ResNet-20 environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from conftest import REPO, SMALL_ENV_KWARGS
+from pf_agents import AGENTS, search
+from pf_agents.cli import main as cli_main
+from pf_agents.cli import parse_kwargs
+from pf_agents.records import read_run
+
+ENV_ID = "ChannelPrune-ResNet20-v0"
+FAST_AGENT_KWARGS = {
+    "ddpg": {"warmup_episodes": 2, "net_arch": [32, 32]},
+    "td3": {"warmup_episodes": 2, "net_arch": [32, 32]},
+    "sac": {"warmup_episodes": 2, "net_arch": [32, 32]},
+    "gp": {"initial_points": 2},
+    "tpe": {"n_startup_trials": 2},
+    "random": {},
+    "uniform": {},
+}
+
+
+@pytest.fixture(scope="module")
+def env_kwargs(cifar_root, checkpoints):
+    ckpt = checkpoints("resnet20")
+    return {**SMALL_ENV_KWARGS, **({"checkpoint": ckpt} if ckpt else {})}
+
+
+def tb_tags(run_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    return set(tags["scalars"]) | set(tags["histograms"])
+
+
+def test_registry_covers_the_agents():
+    assert set(FAST_AGENT_KWARGS) == set(AGENTS)
+
+
+@pytest.mark.parametrize("agent", sorted(AGENTS))
+def test_agent_runs_and_records(agent, env_kwargs, tmp_path):
+    episodes = 1 if agent == "uniform" else 4
+    result = search(ENV_ID, agent=agent, episodes=episodes, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+                    agent_kwargs=FAST_AGENT_KWARGS[agent], progress=False)
+    run = result.run_dir
+    assert run.name == f"{ENV_ID}__{agent}__seed0"
+    lines = (run / "episodes.jsonl").read_text().splitlines()
+    assert len(lines) == episodes == len(result.history)
+    first = json.loads(lines[0])
+    for key in ("episode", "seed", "reward", "raw_actions", "applied", "info", "wall_time_s"):
+        assert key in first
+    assert {"accuracy", "flops_ratio", "params_ratio", "keep_ratios"} <= set(first["info"])
+    best = json.loads((run / "best.json").read_text())
+    assert best["reward"] == max(json.loads(line)["reward"] for line in lines) == result.best_reward
+    assert json.loads((run / "config.json").read_text())["agent"] == agent
+    tags = tb_tags(run)
+    assert {"compress/reward", "compress/best_reward", "compress/accuracy", "compress/flops_ratio",
+            "compress/applied_actions"} <= tags
+    assert all(info["flops_ratio"] <= 0.5 + 1e-9 for info in (json.loads(x)["info"] for x in lines))
+
+
+@pytest.mark.parametrize("agent", ["random", "uniform", "tpe", "gp"])
+def test_same_seed_same_records(agent, env_kwargs, tmp_path):
+    runs = [
+        search(ENV_ID, agent=agent, episodes=3, seed=5, logdir=tmp_path / str(i), env_kwargs=env_kwargs,
+               agent_kwargs=FAST_AGENT_KWARGS[agent], progress=False)
+        for i in range(2)
+    ]
+    a, b = (r.history for r in runs)
+    assert [e["raw_actions"] for e in a] == [e["raw_actions"] for e in b]
+    assert [e["reward"] for e in a] == [e["reward"] for e in b]
+    assert [e["seed"] for e in a] == [e["seed"] for e in b]
+
+
+def test_uniform_policy_meets_the_budget(env_kwargs, tmp_path):
+    result = search(ENV_ID, agent="uniform", episodes=5, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+                    progress=False)
+    assert len(result.history) == 1  # deterministic: scored once
+    info = result.best["info"]
+    assert 0.45 <= info["flops_ratio"] <= 0.5 + 1e-9
+    assert len(set(np.round(result.best["raw_actions"], 6))) == 1
+
+
+def test_resume_continues_and_refuses_overwrite(env_kwargs, tmp_path):
+    kw = dict(agent="random", seed=1, logdir=tmp_path, env_kwargs=env_kwargs, progress=False)
+    search(ENV_ID, episodes=2, **kw)
+    with pytest.raises(FileExistsError, match="--resume"):
+        search(ENV_ID, episodes=4, **kw)
+    # a kill in the middle of writing leaves half a line: it is dropped, nothing else lost
+    run = tmp_path / f"{ENV_ID}__random__seed1"
+    with open(run / "episodes.jsonl", "a") as f:
+        f.write('{"episode": 2, "rew')
+    resumed = search(ENV_ID, episodes=4, resume=True, **kw)
+    assert [e["episode"] for e in resumed.history] == [0, 1, 2, 3]
+    fresh = search(ENV_ID, episodes=4, **{**kw, "logdir": tmp_path / "fresh"})
+    assert [e["raw_actions"] for e in fresh.history] == [e["raw_actions"] for e in resumed.history]
+    with pytest.raises(ValueError, match="other settings"):
+        search(ENV_ID, episodes=5, resume=True, **{**kw, "env_kwargs": {**env_kwargs, "flops_budget": 0.3}})
+
+
+def _cli(args: list[str], env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "scripts" / "search.py"), *args, "--no-progress", "--threads", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, **(env or {})},
+    )
+
+
+def _kwargs_arg(env_kwargs: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in env_kwargs.items())
+
+
+@pytest.mark.parametrize("agent", ["random", "ddpg"])
+def test_killed_run_resumes(agent, env_kwargs, tmp_path):
+    args = ["--env", ENV_ID, "--agent", agent, "--episodes", "40", "--logdir", str(tmp_path),
+            "--env-kwargs", _kwargs_arg(env_kwargs), "--seed", "3"]
+    if agent == "ddpg":
+        args += ["--agent-kwargs", "warmup_episodes=2,net_arch=[32,32]"]
+    run = tmp_path / f"{ENV_ID}__{agent}__seed3"
+    proc = _cli(args)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        if (run / "episodes.jsonl").is_file() and len((run / "episodes.jsonl").read_text().splitlines()) >= 4:
+            if agent != "ddpg" or (run / "agent_model.zip").is_file():
+                break
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    done = len(read_run(run).episodes)
+    assert 4 <= done < 40
+    target = done + 2
+    args[args.index("--episodes") + 1] = str(target)
+    proc = _cli(args + ["--resume"])
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    episodes = read_run(run).episodes
+    assert [e["episode"] for e in episodes] == list(range(target))
+    if agent == "ddpg":
+        state = json.loads((run / "agent_state.json").read_text())
+        assert state["episodes_trained"] >= target - 1
+
+
+def test_tpe_two_processes_share_one_study(env_kwargs, tmp_path):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs = [
+        _cli(["--env", ENV_ID, "--agent", "tpe", "--episodes", "3", "--logdir", str(tmp_path), "--seed", str(i),
+              "--run-name", f"worker{i}", "--storage", storage, "--study-name", "shared",
+              "--env-kwargs", _kwargs_arg(env_kwargs), "--agent-kwargs", "n_startup_trials=2"])
+        for i in range(2)
+    ]
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0, out
+    study = optuna.load_study(study_name="shared", storage=storage)
+    complete = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(complete) == 6
+    assert {t.user_attrs["run"] for t in complete} == {"worker0", "worker1"}
+
+
+def test_ddpg_learns_from_applied_actions_and_shared_reward(env_kwargs, tmp_path):
+    from pf_agents.ddpg import AMCDDPG
+
+    result = search(ENV_ID, agent="ddpg", episodes=3, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+                    agent_kwargs={"warmup_episodes": 1, "net_arch": [16, 16]}, progress=False)
+    model = AMCDDPG.load(result.run_dir / "agent_model.zip")
+    model.load_replay_buffer(result.run_dir / "agent_replay_buffer.pkl")
+    buf = model.replay_buffer
+    steps = len(result.history[0]["applied"])
+    assert buf.pos == 3 * steps
+    actions = buf.actions[: buf.pos, 0, 0]
+    expected = np.concatenate([e["applied_actions"] for e in result.history])
+    assert np.allclose(actions, expected, atol=1e-6)
+    rewards = buf.rewards[: buf.pos, 0].reshape(3, steps)
+    assert np.allclose(rewards, rewards[:, :1])  # the episode's reward on every step
+    assert rewards[0, 0] == 0.0  # first episode: the baseline is its own reward
+
+
+@pytest.mark.parametrize("algo", ["TD3", "SAC", "DDPG"])
+def test_plain_sb3_algorithms_run_on_the_env(algo, env_kwargs):
+    import stable_baselines3 as sb3
+
+    env = gym.make(ENV_ID, **env_kwargs)
+    steps = env.unwrapped.num_steps
+    model = getattr(sb3, algo)("MlpPolicy", env, learning_starts=steps, train_freq=(1, "episode"),
+                               policy_kwargs={"net_arch": [16, 16]}, seed=0, verbose=0)
+    model.learn(total_timesteps=2 * steps)
+    assert model.num_timesteps == 2 * steps
+
+
+def test_cli_rejects_unknown_agent_and_env(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["--env", ENV_ID, "--agent", "ppo"])
+    assert "invalid choice" in capsys.readouterr().err
+    assert cli_main(["--env", "ChannelPrune-VGG-v0", "--agent", "random"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown env" in err and ENV_ID in err
+
+
+def test_search_rejects_bad_input(tmp_path):
+    with pytest.raises(ValueError, match="tpe"):
+        search(ENV_ID, agent="cmaes", logdir=tmp_path)
+    with pytest.raises(ValueError, match="ChannelPrune-ResNet20-v0"):
+        search("ChannelPrune-Foo-v0", agent="random", logdir=tmp_path)
+    with pytest.raises(TypeError, match="warmup_episodes"):
+        search(ENV_ID, agent="ddpg", agent_kwargs={"warmup": 3}, logdir=tmp_path)
+
+
+def test_parse_kwargs():
+    assert parse_kwargs("flops_budget=0.3,ft_iters=0,selection=l1,net=[1,2],x=true,c=/a/b.pt") == {
+        "flops_budget": 0.3, "ft_iters": 0, "selection": "l1", "net": [1, 2], "x": True, "c": "/a/b.pt"}
