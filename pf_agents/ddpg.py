@@ -183,7 +183,8 @@ class SB3Agent(Agent):
         self.model.save(self.model_path)
         self.model.save_replay_buffer(self.buffer_path)
         (self.run_dir / "agent_state.json").write_text(
-            json.dumps({"episodes_trained": int(self.model._episode_num), "num_timesteps": int(self.model.num_timesteps)})
+            json.dumps({"episodes_trained": int(self.model._episode_num),
+                        "num_timesteps": int(self.model.num_timesteps)})
         )
 
     def _build(self):

@@ -74,7 +74,9 @@ class RunRecord:
                 raise FileNotFoundError(f"nothing to resume: {cfg_path} does not exist")
             old = json.loads(cfg_path.read_text())
             keys = ("env_id", "env_kwargs", "agent", "agent_kwargs", "seed")
-            diff = {k: (old.get(k), config.get(k)) for k in keys if to_jsonable(old.get(k)) != to_jsonable(config.get(k))}
+            diff = {
+                k: (old.get(k), config.get(k)) for k in keys if to_jsonable(old.get(k)) != to_jsonable(config.get(k))
+            }
             if diff:
                 raise ValueError(
                     f"cannot resume {path} with other settings: {diff} (recorded, asked); "

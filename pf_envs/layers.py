@@ -171,7 +171,9 @@ def _kind(m: nn.Module) -> str:
 
 
 @torch.no_grad()
-def _trace_shapes(model: nn.Module, example: torch.Tensor) -> tuple[list[tuple[str, nn.Module, tuple, tuple]], str | None]:
+def _trace_shapes(
+    model: nn.Module, example: torch.Tensor
+) -> tuple[list[tuple[str, nn.Module, tuple, tuple]], str | None]:
     """Run one forward pass, recording (name, module, input shape, output shape) in order."""
     seen: list[tuple[str, nn.Module, tuple, tuple]] = []
     outputs: dict[str, torch.Tensor] = {}

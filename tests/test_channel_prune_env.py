@@ -163,7 +163,8 @@ def test_unknown_env_id():
 def test_imagenet_variant_on_tiny_tree(tmp_path):
     from test_data import _write_image_tree
 
-    _write_image_tree(tmp_path / "imagenet", ["n01", "n02", "n03", "n04"], per_class=6, size=64, splits=("train", "val"))
+    classes = ["n01", "n02", "n03", "n04"]
+    _write_image_tree(tmp_path / "imagenet", classes, per_class=6, size=64, splits=("train", "val"))
     torch.manual_seed(0)
     ckpt = zoo.save_checkpoint(zoo.create_model("mobilenet_v1", "imagenet", num_classes=4), tmp_path / "mb.pt")
     env = gym.make(

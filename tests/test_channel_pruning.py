@@ -80,7 +80,9 @@ def test_prune_is_physical_and_macs_match(resnet, selection, reconstruct):
 
 
 def test_remove_channels_through_flatten():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5))
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 4 * 4, 5)
+    )
     groups = coupled_groups(model, torch.randn(1, 3, 4, 4), ignored=["4"])
     assert len(groups) == 1 and groups[0].channels == 8
     remove_channels(model, [(groups[0], [0, 3, 5])])

@@ -12,8 +12,8 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 import pytest
-
 from conftest import REPO, SMALL_ENV_KWARGS
+
 from pf_agents import AGENTS, search
 from pf_agents.cli import main as cli_main
 from pf_agents.cli import parse_kwargs

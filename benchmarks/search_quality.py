@@ -1,0 +1,115 @@
+"""How good are the policies each agent finds? Same env, same episode budget, same seeds.
+
+    python benchmarks/search_quality.py                         # default: about an hour on 2 cores
+    python benchmarks/search_quality.py --episodes 400 --seeds 0 1 2
+
+For each FLOPs budget (default 50% and 30%) on ChannelPrune-MobileNetV1-v0 with cheap
+rewards (``ft_iters=0``: LASSO selection, least-squares reconstruction and BatchNorm
+re-estimation only), every agent searches with the same episode budget and seed; the table
+shows each agent's best reward (accuracy on ``--reward-samples`` held-out ``val`` images).
+Because the best of many noisy evaluations is biased upwards, each agent's best policy is
+then re-scored once on the whole ``test`` split (10,000 images) with the same recovery, and
+that figure is reported with its standard error ``sqrt(p (1 - p) / n)``.
+
+Runs are kept under ``--logdir`` and resumed if the benchmark is started again, so a killed
+benchmark loses at most one episode. Prints a table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+import pf_envs  # noqa: F401
+from pf_agents import search
+from pf_agents.cli import parse_kwargs
+
+AGENTS = ("uniform", "random", "ddpg", "gp", "tpe")
+
+
+def rescore(env_id: str, env_kwargs: dict, raw_actions: list[float]) -> dict:
+    """Play ``raw_actions`` in an env that scores on the whole test split."""
+    env = gym.make(env_id, **{**env_kwargs, "reward_split": "test", "reward_samples": 10_000})
+    env.reset(seed=0)
+    for a in raw_actions:
+        *_, terminated, truncated, info = env.step(np.array([a], np.float32))
+        if terminated or truncated:
+            break
+    acc, n = info["accuracy"], info["reward_samples"]
+    return {"test_accuracy": acc, "test_se": math.sqrt(acc * (1 - acc) / n), "test_images": n,
+            "flops_ratio": info["flops_ratio"], "params_ratio": info["params_ratio"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--env", default="ChannelPrune-MobileNetV1-v0")
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
+    p.add_argument("--agents", nargs="+", default=list(AGENTS), choices=list(AGENTS) + ["td3", "sac"])
+    p.add_argument("--episodes", type=int, default=80, help="episodes per agent and budget")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--reward-samples", type=int, default=2000)
+    p.add_argument("--env-kwargs", default="", help="extra env kwargs k=v,k=v")
+    p.add_argument("--ddpg-kwargs", default="warmup_episodes=20", help="ddpg agent kwargs k=v,k=v")
+    p.add_argument("--logdir", default="benchmarks/runs/search_quality")
+    p.add_argument("--out", default="benchmarks/results/search_quality.json")
+    p.add_argument("--threads", type=int, default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    agent_kwargs = {a: {} for a in args.agents}
+    agent_kwargs["ddpg"] = parse_kwargs(args.ddpg_kwargs)
+    rows = []
+    t_start = time.time()
+    for budget in args.budgets:
+        env_kwargs = {"flops_budget": budget, "ft_iters": 0, "reward_samples": args.reward_samples,
+                      **parse_kwargs(args.env_kwargs)}
+        for seed in args.seeds:
+            for agent in args.agents:
+                t0 = time.time()
+                run_name = f"{args.env}__b{budget}__{agent}__seed{seed}"
+                resume = (Path(args.logdir) / run_name / "config.json").is_file()
+                result = search(args.env, agent=agent, episodes=args.episodes, seed=seed, logdir=args.logdir,
+                                run_name=run_name, resume=resume, env_kwargs=env_kwargs,
+                                agent_kwargs=agent_kwargs.get(agent, {}), progress=True)
+                best = result.best
+                row = {"budget": budget, "agent": agent, "seed": seed, "episodes": len(result.history),
+                       "best_episode": best["episode"], "best_val_reward": best["reward"],
+                       "policy": best["applied"], "search_s": round(time.time() - t0, 1)}
+                row.update(rescore(args.env, env_kwargs, best["raw_actions"]))
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "policy"}), flush=True)
+
+    print(f"\n{args.env}, ft_iters=0, {args.episodes} episodes per agent, val reward on {args.reward_samples} images")
+    head = ("budget", 6), ("agent", -8), ("seed", 4), ("best val", 9), ("test acc", 9), ("+-se", 6), ("flops", 6), ("params", 6)
+    print(" ".join(f"{name:<{-w}}" if w < 0 else f"{name:>{w}}" for name, w in head))
+    for r in rows:
+        print(f"{r['budget']:>6} {r['agent']:<8} {r['seed']:>4} {100 * r['best_val_reward']:>9.2f} "
+              f"{100 * r['test_accuracy']:>9.2f} {100 * r['test_se']:>6.2f} {r['flops_ratio']:>6.3f} "
+              f"{r['params_ratio']:>6.3f}")
+    summary = {}
+    for budget in args.budgets:
+        for agent in args.agents:
+            accs = [r["test_accuracy"] for r in rows if r["budget"] == budget and r["agent"] == agent]
+            summary[f"{budget}/{agent}"] = float(np.mean(accs))
+    print("\nmean test accuracy over seeds:", json.dumps({k: round(100 * v, 2) for k, v in summary.items()}))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
+        "env": args.env, "episodes": args.episodes, "seeds": args.seeds, "reward_samples": args.reward_samples,
+        "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
+        "wall_s": round(time.time() - t_start, 1), "rows": rows, "mean_test_accuracy": summary,
+    }, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Evaluate a zoo model (shipped checkpoint or ``--checkpoint``) on a CIFAR-10 split.
+
+    python scripts/evaluate.py --model mobilenet_v1               # test split, 10,000 images
+    python scripts/evaluate.py --model resnet20 --split val --checkpoint my.pt
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from learners.training import evaluate  # noqa: E402
+from pf_envs import zoo  # noqa: E402
+from pf_envs.data import load_dataset  # noqa: E402
+from pf_envs.layers import cost_table  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="mobilenet_v1", choices=zoo.list_models("cifar10"))
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--data-root", default=None)
+    args = p.parse_args(argv)
+    try:
+        model = zoo.load(args.model, "cifar10", args.checkpoint)
+    except zoo.CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    data = load_dataset("cifar10", args.data_root)
+    t0 = time.time()
+    acc = evaluate(model, data.split(args.split))
+    table = cost_table(model, 32, with_groups=False)
+    print(json.dumps({
+        "model": args.model, "split": args.split, "images": len(data.split(args.split)), "accuracy": acc,
+        "macs": table.total_macs, "params": sum(p.numel() for p in model.parameters()),
+        "seconds": round(time.time() - t0, 2),
+    }, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
