@@ -89,7 +89,8 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "policy"}), flush=True)
 
     print(f"\n{args.env}, ft_iters=0, {args.episodes} episodes per agent, val reward on {args.reward_samples} images")
-    head = ("budget", 6), ("agent", -8), ("seed", 4), ("best val", 9), ("test acc", 9), ("+-se", 6), ("flops", 6), ("params", 6)
+    head = (("budget", 6), ("agent", -8), ("seed", 4), ("best val", 9), ("test acc", 9), ("+-se", 6),
+            ("flops", 6), ("params", 6))
     print(" ".join(f"{name:<{-w}}" if w < 0 else f"{name:>{w}}" for name, w in head))
     for r in rows:
         print(f"{r['budget']:>6} {r['agent']:<8} {r['seed']:>4} {100 * r['best_val_reward']:>9.2f} "

@@ -26,6 +26,7 @@ Features come from the original model (as in AMC), so selections are cached per
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -194,10 +195,12 @@ def lasso_path_selections(gram: torch.Tensor, zty: torch.Tensor, samples: int) -
 
     n = gram.shape[0]
     scale = float(gram.diagonal().mean().clamp_min(1e-30))
-    _, _, coefs = lars_path_gram(
-        (zty / scale).numpy(), (gram / scale).numpy(), n_samples=max(samples, n + 1),
-        method="lasso", max_iter=8 * n,
-    )
+    with warnings.catch_warnings():  # degenerate regressors (fewer samples than channels) are expected
+        warnings.simplefilter("ignore")
+        _, _, coefs = lars_path_gram(
+            (zty / scale).numpy(), (gram / scale).numpy(), n_samples=max(samples, n + 1),
+            method="lasso", max_iter=8 * n,
+        )
     energy = gram.diagonal().numpy()
     counts = np.count_nonzero(coefs, axis=0)
     picks: dict[int, torch.Tensor] = {n: torch.arange(n)}
