@@ -181,7 +181,12 @@ def test_imagenet_variant_on_tiny_tree(tmp_path):
 def test_async_vector_env(cifar_root, checkpoints):
     ckpt = checkpoints("resnet20")
     kwargs = {**SMALL_ENV_KWARGS, **({"checkpoint": ckpt} if ckpt else {})}
-    envs = gym.vector.AsyncVectorEnv([lambda: gym.make("ChannelPrune-ResNet20-v0", **kwargs)] * 2)
+    # "spawn": workers are built from the id and kwargs alone (pickled), and no OpenMP thread
+    # pool is inherited through fork (which can deadlock a worker once torch has used threads).
+    # "pf_envs:<id>" makes each fresh worker import pf_envs (which registers the ids) first.
+    envs = gym.vector.AsyncVectorEnv(
+        [lambda: gym.make("pf_envs:ChannelPrune-ResNet20-v0", **kwargs)] * 2, context="spawn"
+    )
     try:
         obs, _ = envs.reset(seed=0)
         assert obs.shape == (2, 11)
