@@ -8,6 +8,7 @@ default) of a GP fitted to every episode so far. A resumed run refits on its rec
 from __future__ import annotations
 
 import warnings
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,7 +17,7 @@ from pf_agents.base import BlackBoxAgent
 
 class GPAgent(BlackBoxAgent):
     name = "gp"
-    DEFAULTS: dict = {"initial_points": 10, "acquisition": "EI", "exploration_weight": 2.0}
+    DEFAULTS: ClassVar[dict[str, Any]] = {"initial_points": 10, "acquisition": "EI", "exploration_weight": 2.0}
 
     def run(self) -> None:
         try:
@@ -42,6 +43,6 @@ class GPAgent(BlackBoxAgent):
                         exact_feval=False, acquisition_weight=float(self.config["exploration_weight"]),
                     )
                     x = np.clip(bo.suggest_next_locations()[0], -1.0, 1.0)
-            reward, _ = self.play(x)
+            reward, _ = self.play(np.asarray(x))
             xs.append(np.asarray(x, float))
             ys.append(reward)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 
 from pf_agents.base import BlackBoxAgent
@@ -12,9 +14,9 @@ class RandomAgent(BlackBoxAgent):
     plays exactly what an uninterrupted one would have."""
 
     name = "random"
-    DEFAULTS: dict = {}
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
 
     def run(self) -> None:
         while not self.budget.exhausted:
             rng = np.random.default_rng([self.seed, self.budget.done])
-            self.play(rng.uniform(-1.0, 1.0, self.steps))
+            self.play(np.asarray(rng.uniform(-1.0, 1.0, self.steps)))

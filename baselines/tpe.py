@@ -13,6 +13,8 @@ one study together, each recording its own episodes in its own run folder::
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 
 from pf_agents.base import BlackBoxAgent
@@ -20,11 +22,13 @@ from pf_agents.base import BlackBoxAgent
 
 class TPEAgent(BlackBoxAgent):
     name = "tpe"
-    DEFAULTS: dict = {"storage": None, "study_name": None, "n_startup_trials": 10, "multivariate": True}
+    DEFAULTS: ClassVar[dict[str, Any]] = {
+        "storage": None, "study_name": None, "n_startup_trials": 10, "multivariate": True,
+    }
 
     def run(self) -> None:
         import optuna
-        from optuna.distributions import FloatDistribution
+        from optuna.distributions import BaseDistribution, FloatDistribution
         from optuna.trial import TrialState, create_trial
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -37,18 +41,18 @@ class TPEAgent(BlackBoxAgent):
         study = optuna.create_study(
             study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
         )
-        dists = {f"a{i}": FloatDistribution(-1.0, 1.0) for i in range(self.steps)}
+        dists: dict[str, BaseDistribution] = {f"a{i}": FloatDistribution(-1.0, 1.0) for i in range(self.steps)}
         run = self.run_dir.name
         # Reconcile with the records: trials of this run that were cut short are failed, and
         # recorded episodes the study never heard of (killed between the two) are added.
         told = set()
-        for trial in study.get_trials(deepcopy=False):
-            if trial.user_attrs.get("run") != run:
+        for frozen in study.get_trials(deepcopy=False):
+            if frozen.user_attrs.get("run") != run:
                 continue
-            if trial.state == TrialState.RUNNING:
-                study.tell(trial.number, state=TrialState.FAIL)
-            elif trial.state == TrialState.COMPLETE:
-                told.add(trial.user_attrs.get("episode"))
+            if frozen.state == TrialState.RUNNING:
+                study.tell(frozen.number, state=TrialState.FAIL)
+            elif frozen.state == TrialState.COMPLETE:
+                told.add(frozen.user_attrs.get("episode"))
         for ep in self.history:
             if ep["episode"] not in told:
                 params = {f"a{i}": float(np.clip(a, -1, 1)) for i, a in enumerate(ep["raw_actions"])}

@@ -8,6 +8,8 @@ with other fine-tuning seeds).
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import numpy as np
 
 from pf_agents.base import BlackBoxAgent
@@ -15,7 +17,7 @@ from pf_agents.base import BlackBoxAgent
 
 class UniformAgent(BlackBoxAgent):
     name = "uniform"
-    DEFAULTS: dict = {"repeats": 1, "bisection_steps": 40}
+    DEFAULTS: ClassVar[dict[str, Any]] = {"repeats": 1, "bisection_steps": 40}
 
     def constant_action(self) -> float:
         """The largest constant action whose episode is never clamped by the budget."""

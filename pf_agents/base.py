@@ -129,7 +129,17 @@ class Agent:
         self.history = history
         self.budget = budget
         self.config = {**self.DEFAULTS, **kwargs}
-        self.steps = env.unwrapped.num_steps if hasattr(env.unwrapped, "num_steps") else None
+        self.steps: int = int(getattr(env.unwrapped, "num_steps", 0)) or self._count_steps()
+
+    def _count_steps(self) -> int:
+        """Steps per episode, counted with a dry-run episode."""
+        self.env.reset(options={"dry_run": True})
+        n = 0
+        while True:
+            n += 1
+            *_, terminated, truncated, _ = self.env.step(np.zeros(self.env.action_space.shape, np.float32))
+            if terminated or truncated:
+                return n
 
     def run(self) -> None:
         """Play episodes until the budget is exhausted (or the agent has nothing left to try)."""
@@ -138,20 +148,6 @@ class Agent:
 
 class BlackBoxAgent(Agent):
     """An agent that proposes a whole per-step action vector and plays it as one episode."""
-
-    def __init__(self, env: EpisodeRecorder, **kwargs: Any) -> None:
-        super().__init__(env, **kwargs)
-        if self.steps is None:
-            self.steps = self._count_steps()
-
-    def _count_steps(self) -> int:
-        self.env.reset(options={"dry_run": True})
-        n = 0
-        while True:
-            n += 1
-            *_, terminated, truncated, _ = self.env.step(np.zeros(self.env.action_space.shape, np.float32))
-            if terminated or truncated:
-                return n
 
     def play(self, actions: np.ndarray, dry_run: bool = False) -> tuple[float, dict[str, Any]]:
         """Play one episode with ``actions[t]`` at step ``t``; returns (reward, final info)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -143,8 +143,8 @@ class SB3Agent(Agent):
     warm-up episodes and training once per episode."""
 
     name = "sb3"
-    ALGOS: dict[str, type] = {"td3": TD3, "sac": SAC}
-    DEFAULTS: dict = {
+    ALGOS: ClassVar[dict[str, type]] = {"td3": TD3, "sac": SAC}
+    DEFAULTS: ClassVar[dict[str, Any]] = {
         "algo": "td3", "warmup_episodes": 10, "net_arch": [300, 300], "learning_rate": 1e-3,
         "batch_size": 64, "gamma": 1.0, "tau": 0.01, "buffer_size": 100_000, "action_noise_sigma": 0.3,
         "device": "cpu",
@@ -215,7 +215,7 @@ class DDPGAgent(SB3Agent):
     short searches learn; pass ``warmup_episodes=100`` for AMC's setting."""
 
     name = "ddpg"
-    DEFAULTS: dict = {
+    DEFAULTS: ClassVar[dict[str, Any]] = {
         "warmup_episodes": 25, "net_arch": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3,
         "batch_size": 64, "gamma": 1.0, "tau": 0.01, "buffer_size": 100_000,
         "noise_sigma": 1.0, "noise_decay": 0.95, "baseline_decay": 0.95, "device": "cpu",
@@ -238,9 +238,9 @@ class DDPGAgent(SB3Agent):
 
 class TD3Agent(SB3Agent):
     name = "td3"
-    DEFAULTS: dict = {**SB3Agent.DEFAULTS, "algo": "td3"}
+    DEFAULTS: ClassVar[dict[str, Any]] = {**SB3Agent.DEFAULTS, "algo": "td3"}
 
 
 class SACAgent(SB3Agent):
     name = "sac"
-    DEFAULTS: dict = {**SB3Agent.DEFAULTS, "algo": "sac"}
+    DEFAULTS: ClassVar[dict[str, Any]] = {**SB3Agent.DEFAULTS, "algo": "sac"}

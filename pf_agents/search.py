@@ -139,6 +139,7 @@ def search(
     def on_episode(rec: dict[str, Any]) -> None:
         rec["agent"] = agent
         record.append(rec)
+        assert record.best is not None
         best = record.best["reward"]
         logger.episode(rec, best)
         if bar is not None:

@@ -241,7 +241,7 @@ class ChannelPruneEnv(CompressionEnv):
         return min(c, max(r, math.ceil(self.min_keep * c / r) * r))
 
     def _fractions(self, counts: dict[int, int], rest: dict[int, int] | None = None) -> dict[int, float]:
-        out = {g: rest[g] / self.table.groups[g].channels for g in (rest or {})}
+        out = {g: k / self.table.groups[g].channels for g, k in (rest or {}).items()}
         out.update({g: k / self.table.groups[g].channels for g, k in counts.items()})
         return out
 
