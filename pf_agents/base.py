@@ -9,6 +9,7 @@ episodes until ``budget.exhausted``.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
@@ -149,14 +150,28 @@ class Agent:
 class BlackBoxAgent(Agent):
     """An agent that proposes a whole per-step action vector and plays it as one episode."""
 
+    #: times an episode that failed with a RuntimeError (e.g. CUDA out of memory) is replayed
+    retries: ClassVar[int] = 2
+
     def play(self, actions: np.ndarray, dry_run: bool = False) -> tuple[float, dict[str, Any]]:
-        """Play one episode with ``actions[t]`` at step ``t``; returns (reward, final info)."""
+        """Play one episode with ``actions[t]`` at step ``t``; returns (reward, final info).
+
+        A transient failure inside the env (``RuntimeError``) replays the episode up to
+        :attr:`retries` times before it is raised; bad input (``ValueError``) is raised at once.
+        """
         actions = np.asarray(actions, dtype=np.float32).reshape(-1)
         if len(actions) != self.steps:
             raise ValueError(f"expected {self.steps} actions, got {len(actions)}")
-        self.env.reset(options={"dry_run": True} if dry_run else None)
-        for a in actions:
-            _, reward, terminated, truncated, info = self.env.step(np.array([a], np.float32))
-            if terminated or truncated:
-                return float(reward), info
-        raise RuntimeError("the episode did not end after the expected number of steps")
+        for attempt in range(self.retries + 1):
+            try:
+                self.env.reset(options={"dry_run": True} if dry_run else None)
+                for a in actions:
+                    _, reward, terminated, truncated, info = self.env.step(np.array([a], np.float32))
+                    if terminated or truncated:
+                        return float(reward), info
+                raise ValueError(f"the episode did not end after {self.steps} steps")
+            except RuntimeError as exc:
+                if attempt == self.retries:
+                    raise
+                warnings.warn(f"episode failed ({exc}); replaying it ({attempt + 1}/{self.retries})", stacklevel=2)
+        raise AssertionError("unreachable")

@@ -222,3 +222,22 @@ def test_search_rejects_bad_input(tmp_path):
 def test_parse_kwargs():
     assert parse_kwargs("flops_budget=0.3,ft_iters=0,selection=l1,net=[1,2],x=true,c=/a/b.pt") == {
         "flops_budget": 0.3, "ft_iters": 0, "selection": "l1", "net": [1, 2], "x": True, "c": "/a/b.pt"}
+
+
+def test_transient_episode_failure_is_replayed(env_kwargs, tmp_path, monkeypatch):
+    from pf_envs.envs.channel_prune import ChannelPruneEnv
+
+    real = ChannelPruneEnv._evaluate
+    calls = {"n": 0}
+
+    def flaky(self):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(self)
+
+    monkeypatch.setattr(ChannelPruneEnv, "_evaluate", flaky)
+    with pytest.warns(UserWarning, match="replaying"):
+        result = search(ENV_ID, agent="random", episodes=2, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+                        progress=False)
+    assert [e["episode"] for e in result.history] == [0, 1] and calls["n"] == 3
