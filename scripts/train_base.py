@@ -2,6 +2,7 @@
 
     python scripts/train_base.py --model resnet20 --epochs 60 --bf16
     python scripts/train_base.py --model mobilenet_v1 --epochs 60 --out pf_envs/zoo/checkpoints/mobilenet_v1_cifar10.pt
+    python scripts/train_base.py --model mobilenet_v1 --init base.pt --epochs 10 --lr 0.01 --warmup-epochs 0
 
 The full training state is written to ``--work`` after every epoch; running the same
 command again resumes. At the end the model is saved as an fp16 state dict with a JSON
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="checkpoint file (default: the zoo's shipped path)")
     p.add_argument("--work", default=None, help="resumable training state (default: in the cache folder)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--init", default=None,
+                   help="start from this checkpoint's weights (a warm restart: e.g. --lr 0.01 --warmup-epochs 0)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -52,7 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     work.parent.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.dataset, args.data_root)
     torch.manual_seed(cfg.seed)
-    model = zoo.create_model(spec.name, args.dataset)
+    if args.init:
+        model = zoo.load(spec.name, args.dataset, checkpoint=args.init).train()
+    else:
+        model = zoo.create_model(spec.name, args.dataset)
     history = train(model, data.train, cfg, eval_data=data.val, state_path=work)
     model = model.float().to(memory_format=torch.contiguous_format)
     record = {
@@ -62,6 +68,10 @@ def main(argv: list[str] | None = None) -> int:
         "history": history, "train_seconds": round(sum(h["seconds"] for h in history), 1),
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
+    if args.init:  # keep the provenance of the weights this run started from
+        parent = Path(args.init).with_suffix(".json")
+        record["init"] = {"checkpoint": str(args.init),
+                          "record": json.loads(parent.read_text()) if parent.is_file() else None}
     zoo.save_checkpoint(model, out)
     reloaded = zoo.load(spec.name, args.dataset, checkpoint=out)  # accuracy of what ships (fp16)
     record["test_acc"] = evaluate(reloaded, data.test)
