@@ -13,11 +13,32 @@ one study together, each recording its own episodes in its own run folder::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+import random
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
 from pf_agents.base import BlackBoxAgent
+
+T = TypeVar("T")
+
+
+def retry_storage_race(open_fn: Callable[[], T], attempts: int = 8) -> T:
+    """Call ``open_fn`` (which opens an Optuna RDB storage/study), retrying on the races of
+    several processes creating one storage at once (two ``alembic_version`` inserts on a new
+    SQLite file, ``database is locked``), with jittered exponential back-off."""
+    from sqlalchemy.exc import IntegrityError, OperationalError
+
+    for attempt in range(attempts):
+        try:
+            return open_fn()
+        except (IntegrityError, OperationalError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.1 * 2**attempt * (1 + random.random()))
+    raise AssertionError("unreachable")
 
 
 class TPEAgent(BlackBoxAgent):
@@ -38,9 +59,9 @@ class TPEAgent(BlackBoxAgent):
             seed=self.seed, n_startup_trials=int(self.config["n_startup_trials"]),
             multivariate=bool(self.config["multivariate"]),
         )
-        study = optuna.create_study(
+        study = retry_storage_race(lambda: optuna.create_study(
             study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
-        )
+        ))
         dists: dict[str, BaseDistribution] = {f"a{i}": FloatDistribution(-1.0, 1.0) for i in range(self.steps)}
         run = self.run_dir.name
         # Reconcile with the records: trials of this run that were cut short are failed, and

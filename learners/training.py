@@ -45,11 +45,14 @@ def evaluate(
     model: nn.Module,
     data: BatchSource,
     *,
-    batch_size: int = 500,
+    batch_size: int = 200,
     device: torch.device | str = "cpu",
     max_images: int | None = None,
 ) -> float:
-    """Top-1 accuracy in [0, 1] of ``model`` (put in eval mode) over ``data``."""
+    """Top-1 accuracy in [0, 1] of ``model`` (put in eval mode) over ``data``.
+
+    Batches of 200 are as fast on CPU as larger ones and keep the activations' peak memory
+    low (MobileNet-V1 at 32x32: ~25 MB per 64-channel activation)."""
     model.eval()
     correct = total = 0
     for images, labels in data.batches(batch_size):

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from gymnasium import spaces
 
+from pf_envs.heap import trim_heap
 from pf_envs.rewards import Measurements, get_reward
 
 RESET_OPTIONS = ("dry_run",)
@@ -166,6 +167,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         reward = 0.0
         if not self._dry_run:
             measured, extra = self._evaluate()
+            trim_heap()  # freed candidate models go back to the OS: memory stays flat over a search
             reward, components = self._reward_fn(measured)
             reward = float(reward)
             info.update(

@@ -241,3 +241,25 @@ def test_transient_episode_failure_is_replayed(env_kwargs, tmp_path, monkeypatch
         result = search(ENV_ID, agent="random", episodes=2, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
                         progress=False)
     assert [e["episode"] for e in result.history] == [0, 1] and calls["n"] == 3
+
+
+def test_tpe_storage_race_is_retried():
+    from sqlalchemy.exc import IntegrityError
+
+    from baselines.tpe import retry_storage_race
+
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:  # what a second process creating the same SQLite file meets
+            raise IntegrityError("INSERT INTO alembic_version", {}, Exception("UNIQUE constraint failed"))
+        return "study"
+
+    assert retry_storage_race(flaky) == "study" and len(calls) == 3
+
+    def broken():
+        raise ValueError("not a race")
+
+    with pytest.raises(ValueError):
+        retry_storage_race(broken)
