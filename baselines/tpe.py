@@ -34,8 +34,11 @@ def retry_storage_race(open_fn: Callable[[], T], attempts: int = 8) -> T:
     for attempt in range(attempts):
         try:
             return open_fn()
-        except (IntegrityError, OperationalError):
-            if attempt == attempts - 1:
+        except (IntegrityError, OperationalError) as exc:
+            # only the creation race and a busy SQLite file are worth waiting for; a wrong URL
+            # or an unreachable server is reported at once
+            race = isinstance(exc, IntegrityError) or "locked" in str(exc)
+            if not race or attempt == attempts - 1:
                 raise
             time.sleep(0.1 * 2**attempt * (1 + random.random()))
     raise AssertionError("unreachable")

@@ -263,3 +263,15 @@ def test_tpe_storage_race_is_retried():
 
     with pytest.raises(ValueError):
         retry_storage_race(broken)
+
+    from sqlalchemy.exc import OperationalError
+
+    unreachable = []
+
+    def no_server():
+        unreachable.append(1)
+        raise OperationalError("connect", {}, Exception("could not connect to server"))
+
+    with pytest.raises(OperationalError):
+        retry_storage_race(no_server)
+    assert len(unreachable) == 1  # a wrong URL is not retried
