@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import numpy as np
@@ -25,19 +27,57 @@ from pf_agents.base import BlackBoxAgent
 T = TypeVar("T")
 
 
+def _sqlite_path(storage: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URL, or None for other URLs and in-memory SQLite."""
+    prefix = "sqlite:///"
+    if not storage.startswith(prefix):
+        return None
+    path = storage[len(prefix):].split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def storage_creation_lock(storage: str) -> Iterator[None]:
+    """Serialise the creation of a SQLite storage between processes on one machine.
+
+    Optuna creates its schema (``alembic_version`` and the study tables) on first use without
+    a lock, so two processes opening one new file at once can fail with ``table ... already
+    exists`` or a duplicate ``alembic_version`` row. An exclusive ``flock`` on ``<db>.lock``
+    makes the second wait until the first has finished. Other URLs (PostgreSQL, MySQL; SQLite
+    on a system without ``fcntl``) rely on :func:`retry_storage_race` alone."""
+    path = _sqlite_path(storage)
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None  # type: ignore[assignment]
+    if path is None or fcntl is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+_RACE_MARKERS = ("locked", "already exists", "unique constraint", "duplicate")
+
+
 def retry_storage_race(open_fn: Callable[[], T], attempts: int = 8) -> T:
     """Call ``open_fn`` (which opens an Optuna RDB storage/study), retrying on the races of
-    several processes creating one storage at once (two ``alembic_version`` inserts on a new
-    SQLite file, ``database is locked``), with jittered exponential back-off."""
-    from sqlalchemy.exc import IntegrityError, OperationalError
+    several processes creating one storage at once (a second ``CREATE TABLE`` or
+    ``alembic_version`` insert, ``database is locked``), with jittered exponential back-off.
+    Any other error (a wrong URL, an unreachable server) is raised at once."""
+    from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
     for attempt in range(attempts):
         try:
             return open_fn()
-        except (IntegrityError, OperationalError) as exc:
-            # only the creation race and a busy SQLite file are worth waiting for; a wrong URL
-            # or an unreachable server is reported at once
-            race = isinstance(exc, IntegrityError) or "locked" in str(exc)
+        except (IntegrityError, OperationalError, ProgrammingError) as exc:
+            message = str(exc).lower()
+            race = isinstance(exc, IntegrityError) or any(m in message for m in _RACE_MARKERS)
             if not race or attempt == attempts - 1:
                 raise
             time.sleep(0.1 * 2**attempt * (1 + random.random()))
@@ -62,9 +102,10 @@ class TPEAgent(BlackBoxAgent):
             seed=self.seed, n_startup_trials=int(self.config["n_startup_trials"]),
             multivariate=bool(self.config["multivariate"]),
         )
-        study = retry_storage_race(lambda: optuna.create_study(
-            study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
-        ))
+        with storage_creation_lock(storage):
+            study = retry_storage_race(lambda: optuna.create_study(
+                study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+            ))
         dists: dict[str, BaseDistribution] = {f"a{i}": FloatDistribution(-1.0, 1.0) for i in range(self.steps)}
         run = self.run_dir.name
         # Reconcile with the records: trials of this run that were cut short are failed, and

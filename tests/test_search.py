@@ -275,3 +275,40 @@ def test_tpe_storage_race_is_retried():
     with pytest.raises(OperationalError):
         retry_storage_race(no_server)
     assert len(unreachable) == 1  # a wrong URL is not retried
+
+
+def test_tpe_retries_a_second_schema_creation():
+    from sqlalchemy.exc import OperationalError
+
+    from baselines.tpe import retry_storage_race
+
+    calls = []
+
+    def second_creator():
+        calls.append(1)
+        if len(calls) == 1:  # the other process created the schema between check and CREATE
+            raise OperationalError("CREATE TABLE alembic_version", {},
+                                   Exception("table alembic_version already exists"))
+        return "study"
+
+    assert retry_storage_race(second_creator) == "study" and len(calls) == 2
+
+
+_CREATE_STUDY = """
+import sys, optuna
+from baselines.tpe import storage_creation_lock
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+with storage_creation_lock(sys.argv[1]):
+    optuna.create_study(study_name="s", storage=sys.argv[1], load_if_exists=True)
+"""
+
+
+def test_sqlite_storage_creation_is_serialised_between_processes(tmp_path):
+    """Six processes opening one new SQLite study at once: without the lock about a third of
+    them fail with 'table ... already exists' (measured 12 of 30); with it none may."""
+    url = f"sqlite:///{tmp_path / 'new.db'}"
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE_STUDY, url], cwd=Path(__file__).parents[1],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(6)]
+    outs = [p.communicate(timeout=120)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, "\n".join(outs)
+    assert (tmp_path / "new.db.lock").exists()
