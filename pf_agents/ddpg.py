@@ -212,13 +212,15 @@ class SB3Agent(Agent):
 class DDPGAgent(SB3Agent):
     """AMC's DDPG (:class:`AMCDDPG`); defaults follow AMC (REFERENCE.md section 6) except the
     warm-up, which is 100 episodes in AMC and here ``warmup_episodes`` (default 25) so that
-    short searches learn; pass ``warmup_episodes=100`` for AMC's setting."""
+    short searches learn; pass ``warmup_episodes=100`` for AMC's setting. ``gradient_steps``
+    is the number of updates after each episode (-1, AMC: one per transition collected)."""
 
     name = "ddpg"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "warmup_episodes": 25, "net_arch": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3,
         "batch_size": 64, "gamma": 1.0, "tau": 0.01, "buffer_size": 100_000,
-        "noise_sigma": 1.0, "noise_decay": 0.95, "baseline_decay": 0.95, "device": "cpu",
+        "noise_sigma": 1.0, "noise_decay": 0.95, "baseline_decay": 0.95, "gradient_steps": -1,
+        "device": "cpu",
     }
 
     def _algo_class(self) -> type:
@@ -230,7 +232,7 @@ class DDPGAgent(SB3Agent):
             steps_per_episode=self.steps, warmup_episodes=c["warmup_episodes"], noise_sigma=c["noise_sigma"],
             noise_decay=c["noise_decay"], baseline_decay=c["baseline_decay"], actor_lr=c["actor_lr"],
             critic_lr=c["critic_lr"], learning_rate=c["critic_lr"], batch_size=c["batch_size"],
-            gamma=c["gamma"], tau=c["tau"], buffer_size=c["buffer_size"],
+            gamma=c["gamma"], tau=c["tau"], buffer_size=c["buffer_size"], gradient_steps=int(c["gradient_steps"]),
             policy_kwargs={"net_arch": {"pi": list(c["net_arch"]), "qf": list(c["net_arch"])}},
             seed=self.seed, device=c["device"], tensorboard_log=str(self.run_dir), verbose=0,
         )

@@ -187,6 +187,7 @@ def test_ddpg_learns_from_applied_actions_and_shared_reward(env_kwargs, tmp_path
     rewards = buf.rewards[: buf.pos, 0].reshape(3, steps)
     assert np.allclose(rewards, rewards[:, :1])  # the episode's reward on every step
     assert rewards[0, 0] == 0.0  # first episode: the baseline is its own reward
+    assert model._n_updates == 2 * steps  # AMC: one update per transition, after episodes 2 and 3
 
 
 @pytest.mark.parametrize("algo", ["TD3", "SAC", "DDPG"])
@@ -312,3 +313,15 @@ def test_sqlite_storage_creation_is_serialised_between_processes(tmp_path):
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * 6, "\n".join(outs)
     assert (tmp_path / "new.db.lock").exists()
+
+
+def test_ddpg_updates_per_episode(env_kwargs, tmp_path):
+    """AMC trains once per transition after each episode (the default, -1); a number sets
+    the updates per episode."""
+    from pf_agents.ddpg import AMCDDPG
+
+    result = search(ENV_ID, agent="ddpg", episodes=3, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+                    agent_kwargs={"warmup_episodes": 1, "net_arch": [16, 16], "gradient_steps": 5},
+                    progress=False)
+    model = AMCDDPG.load(result.run_dir / "agent_model.zip")
+    assert model._n_updates == 2 * 5  # trained after episodes 2 and 3
