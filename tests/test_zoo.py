@@ -15,7 +15,7 @@ ENTRIES = [(name, ds) for name in zoo.list_models() for ds in sorted(zoo.MODELS[
 SHIPPED = [(n, ds) for n, ds in ENTRIES if zoo.MODELS[n].has_checkpoint(ds)]
 # Floors on the first 2,000 test images for shipped checkpoints (their full-test accuracy
 # is in the JSON record beside each; the floor leaves room for the slice's noise).
-ACCURACY_FLOOR = {"mobilenet_v1": 0.86, "resnet20": 0.87, "mobilenet_v2": 0.86, "resnet56": 0.88}
+ACCURACY_FLOOR = {"mobilenet_v1": 0.86, "resnet20": 0.88, "mobilenet_v2": 0.86, "resnet56": 0.88}
 
 
 @pytest.mark.parametrize("name,dataset", ENTRIES)
