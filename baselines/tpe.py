@@ -28,12 +28,13 @@ T = TypeVar("T")
 
 
 def _sqlite_path(storage: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URL, or None for other URLs and in-memory SQLite."""
-    prefix = "sqlite:///"
-    if not storage.startswith(prefix):
+    """The database file of a SQLite URL, or None for other URLs and in-memory SQLite."""
+    from sqlalchemy.engine import make_url
+
+    url = make_url(storage)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
         return None
-    path = storage[len(prefix):].split("?", 1)[0]
-    return Path(path) if path and path != ":memory:" else None
+    return Path(url.database)
 
 
 @contextmanager
