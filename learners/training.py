@@ -152,6 +152,13 @@ class TrainConfig:
         label_smoothing: cross-entropy label smoothing.
         bf16: autocast matmuls/convs to bfloat16 (faster on CPUs with AVX512-BF16).
         seed: seeds initialisation, shuffling and augmentation.
+        swa_epochs: stochastic weight averaging (Izmailov et al., 2018) after the main
+            schedule: this many more epochs, each one learning-rate cycle from ``swa_lr``
+            down to 0 (cosine), the weights at every cycle's end averaged
+            (:class:`torch.optim.swa_utils.AveragedModel`); the average, its BatchNorm
+            statistics re-estimated over the training split, is the trained model.
+            With ``epochs=0`` and a trained starting point this is SWA from a checkpoint.
+        swa_lr: peak learning rate of each SWA cycle.
     """
 
     epochs: int = 60
@@ -163,14 +170,37 @@ class TrainConfig:
     label_smoothing: float = 0.0
     bf16: bool = False
     seed: int = 0
+    swa_epochs: int = 0
+    swa_lr: float = 0.02
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.swa_epochs < 0 or self.epochs + self.swa_epochs == 0:
+            raise ValueError(
+                f"epochs={self.epochs}, swa_epochs={self.swa_epochs}: both must be >= 0 and "
+                "at least one > 0"
+            )
 
 
 def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    if step >= cfg.epochs * steps_per_epoch:  # SWA: one cosine cycle per epoch
+        within = (step - cfg.epochs * steps_per_epoch) % steps_per_epoch
+        return cfg.swa_lr * 0.5 * (1 + math.cos(math.pi * within / steps_per_epoch))
     warm = cfg.warmup_epochs * steps_per_epoch
     total = cfg.epochs * steps_per_epoch
     if step < warm:
         return cfg.lr * (step + 1) / warm
     return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _swa_bn_batches(train_data: BatchSource, seed: int, max_images: int | None) -> Iterator[Batch]:
+    """Augmented training batches (a fixed shuffle) for the SWA average's BatchNorm statistics."""
+    gen = torch.Generator().manual_seed(seed + 1)
+    seen = 0
+    for images, labels in train_data.batches(200, shuffle=True, augment=True, generator=gen):
+        if max_images is not None and seen >= max_images:
+            return
+        seen += len(labels)
+        yield images, labels
 
 
 def train(
@@ -182,14 +212,25 @@ def train(
     state_path: str | os.PathLike[str] | None = None,
     device: torch.device | str = "cpu",
     log: Callable[[str], None] = print,
+    swa_eval_bn_images: int = 10_000,
 ) -> list[dict]:
     """Train ``model`` from scratch (or resume), returning one record per epoch.
 
-    With ``state_path`` the model, optimiser, epoch and random state are written there after
-    every epoch (atomically) and a later call with the same path resumes after the last
-    finished epoch; at most the epoch in flight is lost.
+    With ``state_path`` the model, optimiser, epoch, random state (and the SWA average) are
+    written there after every epoch (atomically) and a later call with the same path resumes
+    after the last finished epoch; at most the epoch in flight is lost.
+
+    With ``cfg.swa_epochs`` the model returned holds the weight average (see
+    :class:`TrainConfig`); each SWA epoch's record also has ``swa_val_acc``, the average so far
+    with BatchNorm statistics from ``swa_eval_bn_images`` training images (the final average
+    uses the whole training split).
     """
+    from torch.optim.swa_utils import AveragedModel
+
     steps_per_epoch = len(train_data) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"the training split has {len(train_data)} images, fewer than one batch of {cfg.batch_size}")
+    total_epochs = cfg.epochs + cfg.swa_epochs
     opt = torch.optim.SGD(
         model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
         weight_decay=cfg.weight_decay,
@@ -197,8 +238,12 @@ def train(
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
     start_epoch = 0
+    swa_state = None
     if state_path is not None and Path(state_path).is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
+        try:
+            state = torch.load(state_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # truncated or not a torch file
+            raise ValueError(f"cannot read the training state {state_path} ({exc}); delete it to start over") from exc
         if state.get("config") != asdict(cfg):
             raise ValueError(
                 f"{state_path} was written by a run with another config {state.get('config')}; "
@@ -207,18 +252,22 @@ def train(
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["generator"])
-        start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history, swa_state = state["epoch"], state["history"], state.get("swa")
         log(f"resuming from {state_path} after epoch {start_epoch}")
     model.to(device).to(memory_format=torch.channels_last)
+    swa = AveragedModel(model) if cfg.swa_epochs else None
+    if swa is not None and swa_state is not None:
+        swa.load_state_dict(swa_state)
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    for epoch in range(start_epoch, cfg.epochs):
+    for epoch in range(start_epoch, total_epochs):
         model.train()
         t0 = time.time()
         seen = correct = 0
         loss_sum = 0.0
         bar = _progress(
             train_data.batches(cfg.batch_size, shuffle=True, augment=True, generator=gen, drop_last=True),
-            total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+            total=steps_per_epoch,
+            desc=f"{'swa ' if epoch >= cfg.epochs else ''}epoch {epoch + 1}/{total_epochs}", leave=False,
         )
         for i, (images, labels) in enumerate(bar):
             for group in opt.param_groups:
@@ -241,14 +290,26 @@ def train(
         }
         if eval_data is not None:
             record["val_acc"] = evaluate(model, eval_data, device=device)
+        if swa is not None and epoch >= cfg.epochs:
+            swa.update_parameters(model)
+            record["swa_averaged"] = int(swa.n_averaged)
+            if eval_data is not None:
+                bn_batches = _swa_bn_batches(train_data, cfg.seed, swa_eval_bn_images)
+                recalibrate_batchnorm(swa.module, bn_batches, device=device)
+                record["swa_val_acc"] = evaluate(swa.module, eval_data, device=device)
         history.append(record)
         log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if state_path is not None:
             tmp = Path(f"{state_path}.tmp")
             torch.save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
-                 "generator": gen.get_state(), "history": history, "config": asdict(cfg)},
+                 "generator": gen.get_state(), "history": history, "config": asdict(cfg),
+                 "swa": swa.state_dict() if swa is not None else None},
                 tmp,
             )
             os.replace(tmp, state_path)
+    if swa is not None:
+        recalibrate_batchnorm(swa.module, _swa_bn_batches(train_data, cfg.seed, None), device=device)
+        model.load_state_dict(swa.module.state_dict())
+        model.eval()
     return history

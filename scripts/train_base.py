@@ -3,6 +3,11 @@
     python scripts/train_base.py --model resnet20 --epochs 60 --bf16
     python scripts/train_base.py --model mobilenet_v1 --epochs 60 --out pf_envs/zoo/checkpoints/mobilenet_v1_cifar10.pt
     python scripts/train_base.py --model mobilenet_v1 --init base.pt --epochs 10 --lr 0.01 --warmup-epochs 0
+    python scripts/train_base.py --model resnet20 --init base.pt --epochs 0 --swa-epochs 30 --swa-lr 0.05
+
+The last is stochastic weight averaging from a trained checkpoint: 30 one-epoch learning-rate
+cycles (0.05 down to 0), the weights at each cycle's end averaged, BatchNorm statistics
+re-estimated for the average (``--swa-epochs`` after a normal schedule works the same way).
 
 The full training state is written to ``--work`` after every epoch; running the same
 command again resumes. At the end the model is saved as an fp16 state dict with a JSON
@@ -28,17 +33,32 @@ from pf_envs import zoo  # noqa: E402
 from pf_envs.data import cache_dir, load_dataset  # noqa: E402
 
 
+def _field_help() -> dict[str, str]:
+    """Each TrainConfig field's description, from the ``Attributes:`` section of its docstring."""
+    out: dict[str, str] = {}
+    name = None
+    for line in (TrainConfig.__doc__ or "").split("Attributes:", 1)[-1].splitlines():
+        head, sep, text = line.strip().partition(": ")
+        if sep and head.isidentifier() and line.startswith(" " * 8) and not line.startswith(" " * 12):
+            name, out[head] = head, text
+        elif name and line.strip():
+            out[name] += " " + line.strip()
+    return {k: v.replace("%", "%%") for k, v in out.items()}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, choices=zoo.list_models("cifar10"))
     p.add_argument("--dataset", default="cifar10", choices=["cifar10"])
     p.add_argument("--data-root", default=None, help="data folder (default: $PF_DATA_DIR)")
+    helps = _field_help()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        text = helps.get(f.name, "")
         if f.type in (bool, "bool"):
-            p.add_argument(flag, action="store_true", default=f.default)
+            p.add_argument(flag, action="store_true", default=f.default, help=text)
         else:
-            p.add_argument(flag, type=type(f.default), default=f.default)
+            p.add_argument(flag, type=type(f.default), default=f.default, help=f"{text} (default: {f.default})")
     p.add_argument("--out", default=None, help="checkpoint file (default: the zoo's shipped path)")
     p.add_argument("--work", default=None, help="resumable training state (default: in the cache folder)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
@@ -48,7 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    try:
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    except ValueError as exc:
+        p.error(str(exc))
     spec = zoo.get_spec(args.model)
     out = Path(args.out) if args.out else spec.checkpoint_path(args.dataset)
     work = Path(args.work) if args.work else cache_dir() / "train" / f"{out.stem}.state"
