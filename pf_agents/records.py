@@ -2,6 +2,7 @@
 
 ``<logdir>/<run>/``
     ``config.json``     what was asked for (env id and kwargs, agent and kwargs, seed, episodes)
+                        and the fingerprint of the base model's weights (``base_model``)
     ``episodes.jsonl``  one line per finished episode, appended and flushed as it ends
     ``best.json``       the best episode so far (replaced atomically)
     ``events.out.tfevents.*``  TensorBoard curves (x-axis: episode)
@@ -90,6 +91,28 @@ class RunRecord:
         path.mkdir(parents=True, exist_ok=True)
         _atomic_write(cfg_path, json.dumps(to_jsonable(config), indent=2) + "\n")
         return cls(path)
+
+    def check_base_model(self, fingerprint: str | None) -> None:
+        """Record the env's base-model fingerprint in ``config.json`` (``base_model``), or,
+        for a resumed run that has one, refuse other weights: a search resumed against a
+        re-trained checkpoint would mix two models' rewards in one record.
+
+        Raises:
+            ValueError: the run was recorded with another base model.
+        """
+        if fingerprint is None:
+            return
+        config = self.config
+        recorded = config.get("base_model")
+        if recorded is not None and recorded != fingerprint:
+            raise ValueError(
+                f"cannot resume {self.path}: it was recorded with base-model weights {recorded}, but the "
+                f"env now loads {fingerprint} (another checkpoint). Pass the checkpoint the run used "
+                "(env kwarg checkpoint=...) or start a new run (--run-name / another --logdir)"
+            )
+        if recorded is None:
+            config["base_model"] = fingerprint
+            _atomic_write(self.path / CONFIG, json.dumps(to_jsonable(config), indent=2) + "\n")
 
     def _load(self) -> None:
         ep_path = self.path / EPISODES

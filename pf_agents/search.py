@@ -97,7 +97,8 @@ def search(
         progress: show a progress bar.
 
     Raises:
-        ValueError: unknown env id or agent, or resuming with other settings.
+        ValueError: unknown env id or agent, or resuming with other settings or against
+            other base-model weights than the run was recorded with.
         FileExistsError: the run folder holds a run and ``resume`` is false.
     """
     if int(episodes) != episodes or episodes < 1:
@@ -127,6 +128,12 @@ def search(
         return SearchResult(run_dir, record.best, record.episodes)
 
     instance = make_env(env_id, env_kwargs) if isinstance(env, str) else env
+    try:
+        record.check_base_model(getattr(instance.unwrapped, "model_fingerprint", None))
+    except ValueError:
+        if isinstance(env, str):
+            instance.close()
+        raise
     from pf_agents.tensorboard import CompressionLogger
 
     logger = CompressionLogger(run_dir, {k: v for k, v in config.items() if k != "started"})

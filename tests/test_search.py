@@ -111,6 +111,29 @@ def test_resume_continues_and_refuses_overwrite(env_kwargs, tmp_path):
         search(ENV_ID, episodes=5, resume=True, **{**kw, "env_kwargs": {**env_kwargs, "flops_budget": 0.3}})
 
 
+def test_resume_refuses_other_base_model_weights(env_kwargs, tmp_path):
+    """A checkpoint re-trained in place (same path, same kwargs) must not be mixed into a run."""
+    import torch
+
+    from pf_envs import zoo
+
+    ckpt = tmp_path / "base.pt"
+    model = zoo.load("resnet20", checkpoint=env_kwargs.get("checkpoint"))
+    zoo.save_checkpoint(model, ckpt)
+    kw = dict(agent="random", seed=0, logdir=tmp_path, progress=False,
+              env_kwargs={**env_kwargs, "checkpoint": str(ckpt)})
+    first = search(ENV_ID, episodes=1, **kw)
+    recorded = json.loads((first.run_dir / "config.json").read_text())["base_model"]
+    assert len(recorded) == 20
+    assert len(search(ENV_ID, episodes=2, resume=True, **kw).history) == 2  # same weights: fine
+    with torch.no_grad():
+        next(model.parameters()).mul_(0.5)
+    zoo.save_checkpoint(model, ckpt)
+    with pytest.raises(ValueError, match="base-model weights"):
+        search(ENV_ID, episodes=3, resume=True, **kw)
+    assert len(read_run(first.run_dir).episodes) == 2  # nothing was played against the new weights
+
+
 def _cli(args: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / "search.py"), *args, "--no-progress", "--threads", "1"],

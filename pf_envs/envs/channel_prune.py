@@ -84,6 +84,11 @@ class ChannelPruneEnv(CompressionEnv):
             sampled for channel selection and reconstruction.
         device: ``cpu`` (default), ``cuda`` (falls back to CPU when unavailable) or ``auto``.
         cache: keep layer statistics and the baseline accuracy on disk (``PF_CACHE_DIR``).
+
+    Attributes:
+        model_fingerprint: SHA-1 prefix of the original model's weights; the search harness
+            records it so that a run is never resumed against other weights.
+        accuracy_original: the original model's accuracy on the reward split.
     """
 
     def __init__(
@@ -185,7 +190,7 @@ class ChannelPruneEnv(CompressionEnv):
         self._init_spaces()
 
         # Statistics for selection/reconstruction, baseline accuracy (cached on disk) ------
-        fingerprint = model_fingerprint(self.model)
+        fingerprint = self.model_fingerprint = model_fingerprint(self.model)
         direct = [  # groups whose readers see the channels one-to-one (no flatten in between)
             g for g in self.table.groups
             if all(self.table[c].in_channels == g.channels for c in g.consumers)
