@@ -20,6 +20,7 @@ buffer after every episode's update, so a killed search resumes where it stopped
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -180,19 +181,34 @@ class SB3Agent(Agent):
         return self.run_dir / "agent_replay_buffer.pkl"
 
     def save(self) -> None:
-        self.model.save(self.model_path)
-        self.model.save_replay_buffer(self.buffer_path)
-        (self.run_dir / "agent_state.json").write_text(
-            json.dumps({"episodes_trained": int(self.model._episode_num),
-                        "num_timesteps": int(self.model.num_timesteps)})
-        )
+        """Write model, replay buffer and a small state file, each to a temporary file first
+        and then renamed over the last one: a kill while saving (a replay buffer takes a
+        moment to pickle) leaves the previous complete files, never a truncated one."""
+        buffer_tmp = self.run_dir / f"agent_replay_buffer.tmp{os.getpid()}.pkl"
+        model_tmp = self.run_dir / f"agent_model.tmp{os.getpid()}.zip"
+        state_tmp = self.run_dir / f"agent_state.tmp{os.getpid()}.json"
+        self.model.save_replay_buffer(buffer_tmp)
+        self.model.save(model_tmp)
+        state_tmp.write_text(json.dumps({"episodes_trained": int(self.model._episode_num),
+                                         "num_timesteps": int(self.model.num_timesteps)}))
+        os.replace(buffer_tmp, self.buffer_path)
+        os.replace(model_tmp, self.model_path)
+        os.replace(state_tmp, self.run_dir / "agent_state.json")
 
     def _build(self):
         cls = self._algo_class()
+        for stale in self.run_dir.glob("agent_*.tmp*"):  # left by a kill while saving
+            stale.unlink(missing_ok=True)
         if self.history and self.model_path.is_file():
-            model = cls.load(self.model_path, env=self.env, device=self.config["device"])
-            if self.buffer_path.is_file():
-                model.load_replay_buffer(self.buffer_path)
+            try:
+                model = cls.load(self.model_path, env=self.env, device=self.config["device"])
+                if self.buffer_path.is_file():
+                    model.load_replay_buffer(self.buffer_path)
+            except Exception as exc:  # damaged files (e.g. written by another program or disk trouble)
+                raise ValueError(
+                    f"cannot resume the agent from {self.model_path} / {self.buffer_path} ({exc}); delete "
+                    "both to resume the run's records with a fresh agent, or start a new run"
+                ) from exc
             return model, False
         torch.manual_seed(self.seed)
         return cls("MlpPolicy", self.env, **self._algo_kwargs()), True

@@ -175,6 +175,19 @@ def test_killed_run_resumes(agent, env_kwargs, tmp_path):
         assert state["episodes_trained"] >= target - 1
 
 
+def test_damaged_agent_files_get_a_clear_error(env_kwargs, tmp_path):
+    kw = dict(agent="ddpg", seed=0, logdir=tmp_path, env_kwargs=env_kwargs, progress=False,
+              agent_kwargs=FAST_AGENT_KWARGS["ddpg"])
+    first = search(ENV_ID, episodes=3, **kw)
+    assert not list(first.run_dir.glob("agent_*.tmp*"))  # saved through temporary files, renamed
+    buffer = first.run_dir / "agent_replay_buffer.pkl"
+    buffer.write_bytes(buffer.read_bytes()[:100])  # what a non-atomic write killed midway left
+    (first.run_dir / "agent_model.tmp999.zip").write_bytes(b"partial")
+    with pytest.raises(ValueError, match="delete both"):
+        search(ENV_ID, episodes=4, resume=True, **kw)
+    assert not (first.run_dir / "agent_model.tmp999.zip").exists()
+
+
 def test_tpe_two_processes_share_one_study(env_kwargs, tmp_path):
     import optuna
 
