@@ -231,7 +231,7 @@ class DDPGAgent(SB3Agent):
     short searches learn; pass ``warmup_episodes=100`` for AMC's setting; and the noise decay,
     0.98 per episode instead of AMC's 0.95 (tuned for 400 episodes): with 0.95 an 80-episode
     search stopped exploring by episode ~60 and settled on a worse policy (MobileNet-V1 at 50%
-    FLOPs, test re-score: 86.07 / 86.10 with 0.95, 86.50 / 86.51 with 0.98 on seeds 0 / 1;
+    FLOPs, 60-epoch checkpoint, test re-score: 86.07 / 86.10 with 0.95, 86.50 / 86.51 with 0.98 on seeds 0 / 1;
     docs/benchmarks.md). ``gradient_steps`` is the number of updates after each episode
     (-1, AMC: one per transition collected)."""
 
