@@ -10,7 +10,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Protocol
 
@@ -244,7 +244,10 @@ def train(
             state = torch.load(state_path, map_location="cpu", weights_only=False)
         except Exception as exc:  # truncated or not a torch file
             raise ValueError(f"cannot read the training state {state_path} ({exc}); delete it to start over") from exc
-        if state.get("config") != asdict(cfg):
+        # a state written before a setting existed holds that setting at its default
+        defaults = {f.name: f.default for f in fields(TrainConfig)}
+        recorded = {**defaults, **state["config"]} if isinstance(state.get("config"), dict) else None
+        if recorded != asdict(cfg):
             raise ValueError(
                 f"{state_path} was written by a run with another config {state.get('config')}; "
                 "delete it or pass the same settings to resume"

@@ -75,6 +75,20 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path, swa_epochs):
     assert _same_weights(resumed, whole)
 
 
+def test_a_state_from_before_the_swa_settings_still_resumes(tmp_path):
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05)
+    state = tmp_path / "run.state"
+    with pytest.raises(KeyboardInterrupt):
+        train(_model(), _KilledAfter(_split(), 2), cfg, state_path=state, log=_quiet)
+    saved = torch.load(state, weights_only=False)
+    for key in ("swa_epochs", "swa_lr"):  # what an older version wrote
+        del saved["config"][key]
+    torch.save(saved, state)
+    logs: list[str] = []
+    history = train(_model(), _split(), cfg, state_path=state, log=logs.append)
+    assert any("resuming" in line for line in logs) and [h["epoch"] for h in history] == [1, 2]
+
+
 def test_swa_returns_the_average_of_the_cycle_end_weights():
     cfg = TrainConfig(epochs=1, swa_epochs=3, batch_size=16, lr=0.05, swa_lr=0.05)
     model = _model()
