@@ -7,8 +7,10 @@
 - exploration: after warm-up, the actor's action plus truncated-normal noise inside
   ``[-1, 1]``, whose sigma decays by ``noise_decay`` per episode;
 - what is learnt from: the APPLIED action (after the env's budget clamp and rounding,
-  ``info["applied_action"]``), and the episode's final reward minus a moving-average
-  baseline, copied to every step of the episode;
+  ``info["applied_action"]``), and the episode's final reward, copied to every step of the
+  episode; the moving-average baseline is subtracted when a batch is sampled
+  (:class:`BaselineReplayBuffer`), as AMC does, so that every stored transition is measured
+  against the same, current baseline;
 - training once per episode, one gradient step per transition collected;
 - separate actor and critic learning rates (SB3 uses one for both).
 
@@ -28,10 +30,28 @@ import numpy as np
 import torch
 from scipy.stats import truncnorm
 from stable_baselines3 import DDPG, SAC, TD3
+from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import update_learning_rate
 
 from pf_agents.base import Agent
+
+
+class BaselineReplayBuffer(ReplayBuffer):
+    """A replay buffer that subtracts ``reward_baseline`` from the rewards it samples.
+
+    AMC stores each transition with its episode's raw reward and subtracts the moving average
+    at update time. Subtracting it when storing instead would compare an early, random
+    episode with the low baseline of its day and a late, good one with today's high baseline:
+    the critic would learn a target that depends on when a transition was stored, not only
+    on what it did.
+    """
+
+    reward_baseline: float = 0.0
+
+    def _get_samples(self, batch_inds: np.ndarray, env=None):
+        samples = super()._get_samples(batch_inds, env)
+        return samples._replace(rewards=samples.rewards - float(self.reward_baseline))
 
 
 class AMCDDPG(DDPG):
@@ -73,6 +93,7 @@ class AMCDDPG(DDPG):
         kwargs.setdefault("learning_starts", self.warmup_episodes * self.steps_per_episode)
         kwargs.setdefault("train_freq", (1, "episode"))
         kwargs.setdefault("gradient_steps", -1)
+        kwargs.setdefault("replay_buffer_class", BaselineReplayBuffer)
         super().__init__(*args, **kwargs)
 
     @property
@@ -107,10 +128,16 @@ class AMCDDPG(DDPG):
                 self.reward_baseline = final
             else:
                 self.reward_baseline += (1.0 - self.baseline_decay) * (final - self.reward_baseline)
-            shaped = final - self.reward_baseline
             for pos in self._episode_positions:
-                replay_buffer.rewards[pos] = shaped
+                replay_buffer.rewards[pos] = final
             self._episode_positions = []
+            if isinstance(replay_buffer, BaselineReplayBuffer):
+                replay_buffer.reward_baseline = self.reward_baseline
+
+    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
+        if isinstance(self.replay_buffer, BaselineReplayBuffer) and self.reward_baseline is not None:
+            self.replay_buffer.reward_baseline = self.reward_baseline
+        super().train(gradient_steps, batch_size)
 
     def _update_learning_rate(self, optimizers) -> None:
         self.logger.record("train/actor_lr", self.actor_lr)
@@ -195,6 +222,9 @@ class SB3Agent(Agent):
         os.replace(model_tmp, self.model_path)
         os.replace(state_tmp, self.run_dir / "agent_state.json")
 
+    def _check_buffer(self, model) -> None:
+        """Hook: refuse a replay buffer this agent cannot continue from."""
+
     def _build(self):
         cls = self._algo_class()
         for stale in self.run_dir.glob("agent_*.tmp*"):  # left by a kill while saving
@@ -204,6 +234,7 @@ class SB3Agent(Agent):
                 model = cls.load(self.model_path, env=self.env, device=self.config["device"])
                 if self.buffer_path.is_file():
                     model.load_replay_buffer(self.buffer_path)
+                    self._check_buffer(model)
             except Exception as exc:  # damaged files (e.g. written by another program or disk trouble)
                 raise ValueError(
                     f"cannot resume the agent from {self.model_path} / {self.buffer_path} ({exc}); delete "
@@ -245,6 +276,13 @@ class DDPGAgent(SB3Agent):
 
     def _algo_class(self) -> type:
         return AMCDDPG
+
+    def _check_buffer(self, model) -> None:
+        if not isinstance(model.replay_buffer, BaselineReplayBuffer):
+            raise ValueError(
+                "the replay buffer was written by an earlier version that stored baseline-shifted "
+                "rewards (AMCDDPG now stores raw episode rewards and subtracts the baseline when sampling)"
+            )
 
     def _algo_kwargs(self) -> dict[str, Any]:
         c = self.config

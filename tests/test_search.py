@@ -221,9 +221,37 @@ def test_ddpg_learns_from_applied_actions_and_shared_reward(env_kwargs, tmp_path
     expected = np.concatenate([e["applied_actions"] for e in result.history])
     assert np.allclose(actions, expected, atol=1e-6)
     rewards = buf.rewards[: buf.pos, 0].reshape(3, steps)
-    assert np.allclose(rewards, rewards[:, :1])  # the episode's reward on every step
-    assert rewards[0, 0] == 0.0  # first episode: the baseline is its own reward
+    finals = np.array([e["reward"] for e in result.history], np.float32)
+    assert np.allclose(rewards, finals[:, None])  # the episode's raw reward on every step
+    baseline = finals[0]  # the first episode's reward, then an EMA (decay 0.95) of the others
+    for r in finals[1:]:
+        baseline += 0.05 * (r - baseline)
+    assert model.reward_baseline == pytest.approx(baseline, abs=1e-6)
+    assert buf.reward_baseline == pytest.approx(baseline, abs=1e-6)
+    # AMC: the CURRENT baseline is subtracted from every sampled transition, old or new
+    sampled = buf._get_samples(np.arange(buf.pos)).rewards.numpy().reshape(3, steps)
+    assert np.allclose(sampled, finals[:, None] - baseline, atol=1e-6)
     assert model._n_updates == 2 * steps  # AMC: one update per transition, after episodes 2 and 3
+
+
+def test_ddpg_refuses_a_replay_buffer_of_shifted_rewards(env_kwargs, tmp_path):
+    """A buffer written before rewards were stored raw (plain ReplayBuffer) is refused on resume."""
+    import pickle
+
+    from stable_baselines3.common.buffers import ReplayBuffer
+
+    kw = dict(agent="ddpg", seed=0, logdir=tmp_path, env_kwargs=env_kwargs, progress=False,
+              agent_kwargs={"warmup_episodes": 1, "net_arch": [16, 16]})
+    first = search(ENV_ID, episodes=2, **kw)
+    path = first.run_dir / "agent_replay_buffer.pkl"
+    with open(path, "rb") as f:
+        buf = pickle.load(f)
+    old = ReplayBuffer.__new__(ReplayBuffer)
+    old.__dict__.update({k: v for k, v in buf.__dict__.items() if k != "reward_baseline"})
+    with open(path, "wb") as f:
+        pickle.dump(old, f)
+    with pytest.raises(ValueError, match="earlier version.*delete both"):
+        search(ENV_ID, episodes=3, resume=True, **kw)
 
 
 @pytest.mark.parametrize("algo", ["TD3", "SAC", "DDPG"])
