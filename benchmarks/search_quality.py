@@ -6,10 +6,14 @@
 For each FLOPs budget (default 50% and 30%) on ChannelPrune-MobileNetV1-v0 with cheap
 rewards (``ft_iters=0``: LASSO selection, least-squares reconstruction and BatchNorm
 re-estimation only), every agent searches with the same episode budget and seed; the table
-shows each agent's best reward (accuracy on ``--reward-samples`` held-out ``val`` images).
+shows each agent's best reward (accuracy on ``--reward-samples`` held-out ``val`` images,
+by default all 5,000 of them, as PocketFlow).
 Because the best of many noisy evaluations is biased upwards, each agent's best policy is
 then re-scored once on the whole ``test`` split (10,000 images) with the same recovery, and
 that figure is reported with its standard error ``sqrt(p (1 - p) / n)``.
+
+How far above uniform any policy can go on the same env is measured separately, without an
+agent, by ``benchmarks/policy_headroom.py``: read the agents' margins against it.
 
 Runs are kept under ``--logdir`` and resumed if the benchmark is started again, so a killed
 benchmark loses at most one episode. Prints a table and writes JSON (``--out``).
@@ -55,7 +59,9 @@ def main() -> None:
     p.add_argument("--agents", nargs="+", default=list(AGENTS), choices=list(AGENTS) + ["td3", "sac"])
     p.add_argument("--episodes", type=int, default=80, help="episodes per agent and budget")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
-    p.add_argument("--reward-samples", type=int, default=2000)
+    p.add_argument("--reward-samples", type=int, default=5000,
+                   help="val images each episode is scored on (5,000: the whole val split, as PocketFlow; "
+                        "fewer make episodes cheaper and the best reward more biased)")
     p.add_argument("--env-kwargs", default="", help="extra env kwargs k=v,k=v")
     p.add_argument("--ddpg-kwargs", default="warmup_episodes=20", help="ddpg agent kwargs k=v,k=v")
     p.add_argument("--logdir", default="benchmarks/runs/search_quality")
