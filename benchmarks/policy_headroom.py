@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 import pf_envs  # noqa: F401
+from baselines.uniform import largest_unclamped
 from pf_agents.cli import parse_kwargs
 
 
@@ -59,19 +60,9 @@ def two_level(n: int, k: int, high: float, low: float, front: bool) -> np.ndarra
 
 
 def largest_high(env: gym.Env, make, steps: int = 30) -> float | None:
-    """The largest action ``h`` in [-1, 1] whose policy ``make(h)`` no budget clamp cuts."""
-    if play(env, make(-1.0), dry_run=True)["clamped_any"]:
-        return None
-    if not play(env, make(1.0), dry_run=True)["clamped_any"]:
-        return 1.0
-    lo, hi = -1.0, 1.0
-    for _ in range(steps):
-        mid = 0.5 * (lo + hi)
-        if play(env, make(mid), dry_run=True)["clamped_any"]:
-            hi = mid
-        else:
-            lo = mid
-    return lo
+    """The largest action ``h`` in [-1, 1] whose policy ``make(h)`` no budget clamp cuts
+    (the uniform agent's bisection, :func:`baselines.uniform.largest_unclamped`)."""
+    return largest_unclamped(env, make, steps)
 
 
 def main() -> None:
