@@ -59,12 +59,6 @@ def two_level(n: int, k: int, high: float, low: float, front: bool) -> np.ndarra
     return a
 
 
-def largest_high(env: gym.Env, make, steps: int = 30) -> float | None:
-    """The largest action ``h`` in [-1, 1] whose policy ``make(h)`` no budget clamp cuts
-    (the uniform agent's bisection, :func:`baselines.uniform.largest_unclamped`)."""
-    return largest_unclamped(env, make, steps)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="ChannelPrune-MobileNetV1-v0")
@@ -87,7 +81,7 @@ def main() -> None:
         val_env = gym.make(args.env, **{**env_kwargs, "reward_split": "val", "reward_samples": args.reward_samples})
         n = val_env.unwrapped.num_steps
         candidates = []
-        uniform_high = largest_high(val_env, lambda h, n=n: np.full(n, h, np.float32))
+        uniform_high = largest_unclamped(val_env, lambda h, n=n: np.full(n, h, np.float32))
         if uniform_high is None:
             raise SystemExit(f"{args.env} at budget {budget}: even the smallest uniform policy is clamped")
         candidates.append(("uniform", np.full(n, uniform_high, np.float32)))
@@ -95,7 +89,7 @@ def main() -> None:
             for front in (True, False) if args.mirror else (True,):
                 for k in range(1, n):
                     make = lambda h, n=n, k=k, low=low, front=front: two_level(n, k, max(h, low), low, front)  # noqa: E731
-                    high = largest_high(val_env, make)
+                    high = largest_unclamped(val_env, make, steps=30)
                     if high is None or high <= low:
                         continue
                     name = f"{'first' if front else 'last'} {k} high, rest {low:+.2f}"

@@ -131,13 +131,8 @@ class AMCDDPG(DDPG):
             for pos in self._episode_positions:
                 replay_buffer.rewards[pos] = final
             self._episode_positions = []
-            if isinstance(replay_buffer, BaselineReplayBuffer):
+            if isinstance(replay_buffer, BaselineReplayBuffer):  # pickled with it: a resume keeps it
                 replay_buffer.reward_baseline = self.reward_baseline
-
-    def train(self, gradient_steps: int, batch_size: int = 100) -> None:
-        if isinstance(self.replay_buffer, BaselineReplayBuffer) and self.reward_baseline is not None:
-            self.replay_buffer.reward_baseline = self.reward_baseline
-        super().train(gradient_steps, batch_size)
 
     def _update_learning_rate(self, optimizers) -> None:
         self.logger.record("train/actor_lr", self.actor_lr)

@@ -10,7 +10,9 @@ import pytest
 from conftest import REPO, SMALL_ENV_KWARGS
 
 sys.path.insert(0, str(REPO / "benchmarks"))
-from policy_headroom import largest_high, play, two_level  # noqa: E402
+from policy_headroom import play, two_level  # noqa: E402
+
+from baselines.uniform import largest_unclamped
 
 ENV_ID = "ChannelPrune-ResNet20-v0"
 
@@ -29,10 +31,10 @@ def test_two_level_puts_high_first_or_last():
 
 
 @pytest.mark.parametrize("k", [None, 3])
-def test_largest_high_is_the_edge_of_the_budget_clamp(env, k):
+def test_largest_unclamped_is_the_edge_of_the_budget_clamp(env, k):
     n = env.unwrapped.num_steps
     make = (lambda h: np.full(n, h, np.float32)) if k is None else (lambda h: two_level(n, k, max(h, -1.0), -1.0, True))
-    h = largest_high(env, make)
+    h = largest_unclamped(env, make)
     assert h is not None and -1.0 <= h <= 1.0
     inside = play(env, make(h), dry_run=True)
     assert not inside["clamped_any"]
