@@ -13,7 +13,9 @@ then re-scored once on the whole ``test`` split (10,000 images) with the same re
 that figure is reported with its standard error ``sqrt(p (1 - p) / n)``.
 
 How far above uniform any policy can go on the same env is measured separately, without an
-agent, by ``benchmarks/policy_headroom.py``: read the agents' margins against it.
+agent, by ``benchmarks/policy_headroom.py`` (a hand-made policy family), and from these runs'
+own records by ``benchmarks/search_ceiling.py`` (a surrogate fitted to every scored episode,
+and the val -> test shift of policies nobody picked): read the agents' margins against them.
 
 Runs are kept under ``--logdir`` and resumed if the benchmark is started again, so a killed
 benchmark loses at most one episode. Prints a table and writes JSON (``--out``).
@@ -95,7 +97,9 @@ def main() -> None:
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "policy"}), flush=True)
 
-    print(f"\n{args.env}, ft_iters=0, {args.episodes} episodes per agent, val reward on {args.reward_samples} images")
+    extra = parse_kwargs(args.env_kwargs)
+    print(f"\n{args.env}, ft_iters={extra.get('ft_iters', 0)}, {args.episodes} episodes per agent, "
+          f"val reward on {args.reward_samples} images" + (f", env kwargs {extra}" if extra else ""))
     head = (("budget", 6), ("agent", -8), ("seed", 4), ("best val", 9), ("test acc", 9), ("+-se", 6),
             ("flops", 6), ("params", 6))
     print(" ".join(f"{name:<{-w}}" if w < 0 else f"{name:>{w}}" for name, w in head))
@@ -113,6 +117,7 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "env": args.env, "episodes": args.episodes, "seeds": args.seeds, "reward_samples": args.reward_samples,
+        "env_kwargs": {"ft_iters": 0, **extra}, "agent_kwargs": {a: k for a, k in agent_kwargs.items() if k},
         "machine": f"{platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} threads",
         "wall_s": round(time.time() - t_start, 1), "rows": rows, "mean_test_accuracy": summary,
     }, indent=2) + "\n")
