@@ -2,7 +2,8 @@
 
 ``<logdir>/<run>/``
     ``config.json``     what was asked for (env id and kwargs, agent and kwargs, seed, episodes)
-                        and the fingerprint of the base model's weights (``base_model``)
+                        and the fingerprints of the base model's weights (``base_model``) and of
+                        the env's recovery recipe (``recovery``)
     ``episodes.jsonl``  one line per finished episode, appended and flushed as it ends
     ``best.json``       the best episode so far (replaced atomically)
     ``events.out.tfevents.*``  TensorBoard curves (x-axis: episode)
@@ -112,6 +113,32 @@ class RunRecord:
             )
         if recorded is None:
             config["base_model"] = fingerprint
+            _atomic_write(self.path / CONFIG, json.dumps(to_jsonable(config), indent=2) + "\n")
+
+    def check_recovery(self, fingerprint: str | None) -> None:
+        """Record the env's recovery fingerprint in ``config.json`` (``recovery``), or, for a
+        resumed run, refuse another one: rewards scored under two recipes (another default,
+        another version of the env's recovery) are not comparable in one record. A run with
+        episodes but no recorded recovery was made before it was recorded, under an older
+        recipe, and is refused too.
+
+        Raises:
+            ValueError: the run was recorded with another recovery.
+        """
+        if fingerprint is None:
+            return
+        config = self.config
+        recorded = config.get("recovery")
+        if recorded != fingerprint and (recorded is not None or self.episodes):
+            what = ("another recovery recipe (an env setting or default, or the env's recovery "
+                    f"version, differs: recorded {recorded}, now {fingerprint})" if recorded is not None
+                    else "an older recovery recipe, before recipes were recorded")
+            raise ValueError(
+                f"cannot resume {self.path}: its rewards were scored with {what}; they are not comparable "
+                "with the env's rewards now. Start a new run (--run-name / another --logdir)"
+            )
+        if recorded is None:
+            config["recovery"] = fingerprint
             _atomic_write(self.path / CONFIG, json.dumps(to_jsonable(config), indent=2) + "\n")
 
     def _load(self) -> None:

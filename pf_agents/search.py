@@ -130,6 +130,7 @@ def search(
     instance = make_env(env_id, env_kwargs) if isinstance(env, str) else env
     try:
         record.check_base_model(getattr(instance.unwrapped, "model_fingerprint", None))
+        record.check_recovery(getattr(instance.unwrapped, "recovery_fingerprint", None))
     except ValueError:
         if isinstance(env, str):
             instance.close()

@@ -194,3 +194,26 @@ def test_async_vector_env(cifar_root, checkpoints):
         assert obs.shape == (2, 11) and not term.any()
     finally:
         envs.close()
+
+
+def test_bn_statistics_are_re_estimated_on_augmented_images(cifar_root, checkpoints):
+    """Nothing pruned (budget 1), so the reward isolates the BatchNorm re-estimation: on the
+    augmented images the base model's statistics came from, it stays near the original
+    accuracy; on plain images it does not match them (the setting is really used)."""
+    scores = {}
+    for augment in (True, False):
+        env = make("ChannelPrune-ResNet20-v0", checkpoints, flops_budget=1.0, bn_augment=augment, bn_batches=8)
+        _, info = play(env, lambda t: 1.0)
+        assert info["keep_ratios"] == [1.0] * env.unwrapped.num_steps
+        scores[augment] = (info["accuracy"], info["accuracy_original"])
+    (aug, original), (plain, _) = scores[True], scores[False]
+    assert aug != plain, scores
+    assert abs(aug - original) <= 0.03, scores
+
+
+def test_reward_does_not_depend_on_the_episode_seed_without_fine_tuning(cifar_root, checkpoints):
+    """With ft_iters=0 the BatchNorm batches (augmentation included) are the same every episode."""
+    env = make("ChannelPrune-ResNet20-v0", checkpoints, flops_budget=0.6)
+    a = play(env, lambda t: 0.3 - 0.1 * t, seed=1)
+    b = play(env, lambda t: 0.3 - 0.1 * t, seed=2)
+    assert a[0] == b[0]

@@ -134,6 +134,29 @@ def test_resume_refuses_other_base_model_weights(env_kwargs, tmp_path):
     assert len(read_run(first.run_dir).episodes) == 2  # nothing was played against the new weights
 
 
+def test_resume_refuses_another_recovery_recipe(env_kwargs, tmp_path, monkeypatch):
+    """A default or the env's recovery changed since the run was recorded: not mixed in."""
+    from pf_envs.envs import channel_prune
+
+    kw = dict(agent="random", seed=0, logdir=tmp_path, progress=False, env_kwargs=env_kwargs)
+    first = search(ENV_ID, episodes=1, **kw)
+    config_path = first.run_dir / "config.json"
+    recorded = json.loads(config_path.read_text())["recovery"]
+    assert recorded.startswith("recovery-")
+    assert len(search(ENV_ID, episodes=2, resume=True, **kw).history) == 2  # same recipe: fine
+    monkeypatch.setattr(channel_prune, "RECOVERY_VERSION", channel_prune.RECOVERY_VERSION + 1)
+    with pytest.raises(ValueError, match="another recovery recipe"):
+        search(ENV_ID, episodes=3, resume=True, **kw)
+    monkeypatch.undo()
+    # a run recorded before recipes were recorded (episodes, no "recovery") is refused too
+    config = json.loads(config_path.read_text())
+    del config["recovery"]
+    config_path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="older recovery recipe"):
+        search(ENV_ID, episodes=3, resume=True, **kw)
+    assert len(read_run(first.run_dir).episodes) == 2
+
+
 def _cli(args: list[str], env: dict | None = None) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(REPO / "scripts" / "search.py"), *args, "--no-progress", "--threads", "1"],

@@ -44,6 +44,15 @@ from pf_envs.data import DATASETS, load_dataset
 from pf_envs.layers import CostTable, cost_table
 from pf_envs.rewards import Measurements
 
+#: Bumped whenever the way a candidate is recovered and scored changes, so that the search
+#: harness never resumes a run recorded under another recipe (2: BatchNorm statistics
+#: re-estimated on augmented images).
+RECOVERY_VERSION = 2
+#: Seed of the augmentation of the BatchNorm re-estimation batches (the same every episode).
+BN_SEED = 3
+#: Settings that do not change what a policy scores (where it runs, caching, rendering).
+_NOT_RECOVERY = ("self", "model", "checkpoint", "data_root", "device", "cache", "render_mode", "unknown")
+
 OBSERVATION_FEATURES: tuple[str, ...] = (
     "step", "out_channels", "channels", "in_h", "in_w", "stride", "kernel", "group_macs",
     "reduced", "rest", "prev_keep_ratio",
@@ -80,6 +89,10 @@ class ChannelPruneEnv(CompressionEnv):
             default) or ``test`` (final reports only).
         reward_samples: images of that split used (a fixed subset; default 5,000).
         bn_batches / bn_batch_size: training batches used to re-estimate BatchNorm statistics.
+        bn_augment: re-estimate them on augmented training images (default), the images the
+            base model's own statistics were collected on during training; on plain images the
+            statistics no longer match what the trained layers expect (MobileNet-V1 on
+            CIFAR-10 loses 3.1 points that way with nothing pruned, 0.7 under uniform 50%).
         feature_images / points_per_image: training images and spatial points per image
             sampled for channel selection and reconstruction.
         device: ``cpu`` (default), ``cuda`` (falls back to CPU when unavailable) or ``auto``.
@@ -88,6 +101,10 @@ class ChannelPruneEnv(CompressionEnv):
     Attributes:
         model_fingerprint: SHA-1 prefix of the original model's weights; the search harness
             records it so that a run is never resumed against other weights.
+        recovery_fingerprint: SHA-1 prefix of every setting that decides the reward (all
+            kwargs as resolved, defaults included, and :data:`RECOVERY_VERSION`); the harness
+            records it so that a run is never resumed with another recovery, e.g. after a
+            default changed.
         accuracy_original: the original model's accuracy on the reward split.
     """
 
@@ -112,6 +129,7 @@ class ChannelPruneEnv(CompressionEnv):
         reward_samples: int = 5000,
         bn_batches: int = 20,
         bn_batch_size: int = 128,
+        bn_augment: bool = True,
         feature_images: int = 1000,
         points_per_image: int = 10,
         device: str = "cpu",
@@ -119,6 +137,7 @@ class ChannelPruneEnv(CompressionEnv):
         render_mode: str | None = None,
         **unknown: Any,
     ) -> None:
+        settings = {k: v for k, v in locals().items() if k not in _NOT_RECOVERY}
         check_kwargs(type(self).__name__, unknown, list(self._valid_kwargs()))
         super().__init__(reward)
         if render_mode is not None:
@@ -149,6 +168,7 @@ class ChannelPruneEnv(CompressionEnv):
         self.min_keep = float(min_keep)
         self.ft_iters, self.ft_batch_size, self.ft_lr = int(ft_iters), int(ft_batch_size), float(ft_lr)
         self.bn_batches, self.bn_batch_size = int(bn_batches), int(bn_batch_size)
+        self.bn_augment = bool(bn_augment)
 
         # Model and data -------------------------------------------------------------------
         self.data = load_dataset(dataset, data_root)
@@ -191,6 +211,10 @@ class ChannelPruneEnv(CompressionEnv):
 
         # Statistics for selection/reconstruction, baseline accuracy (cached on disk) ------
         fingerprint = self.model_fingerprint = model_fingerprint(self.model)
+        self.recovery_fingerprint = cache_key("recovery", **{
+            **settings, "version": RECOVERY_VERSION, "model": fingerprint,
+            "channel_round": self.channel_round, "input_size": self.input_size,
+        })
         direct = [  # groups whose readers see the channels one-to-one (no flatten in between)
             g for g in self.table.groups
             if all(self.table[c].in_channels == g.channels for c in g.consumers)
@@ -334,7 +358,12 @@ class ChannelPruneEnv(CompressionEnv):
             )
         timing["finetune_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        recalibrate_batchnorm(pruned, self.bn_data.batches(self.bn_batch_size), device=self.device)
+        # The same augmented images every episode (a fixed generator): with ft_iters=0 a policy's
+        # reward does not depend on the episode it is played in.
+        bn_batches = self.bn_data.batches(
+            self.bn_batch_size, augment=self.bn_augment, generator=torch.Generator().manual_seed(BN_SEED)
+        )
+        recalibrate_batchnorm(pruned, bn_batches, device=self.device)
         timing["bn_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         acc = evaluate(pruned, self.reward_data, device=self.device)
