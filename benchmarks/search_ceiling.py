@@ -22,7 +22,9 @@ seeds: hundreds of policies with their ``val`` rewards) and asks two questions o
    neighbouring policies, so its pick is less of a lucky draw than the best single episode.
 
 Only records whose run config matches the env, budget and reward settings asked for, and
-whose base-model fingerprint matches the env's, are used. Prints a table, writes JSON.
+whose base-model and recovery fingerprints match the env's, are used (runs recorded before
+recovery fingerprints, with BatchNorm statistics of plain images, need
+``--env-kwargs bn_augment=False``). Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -52,12 +54,16 @@ from pf_agents.cli import parse_kwargs
 MATCHED_KWARGS = ("flops_budget", "ft_iters", "reward_samples")
 
 
-def load_records(patterns: list[str], env_id: str, env_kwargs: dict, fingerprint: str | None) -> list[dict]:
+def load_records(patterns: list[str], env_id: str, env_kwargs: dict, fingerprint: str | None,
+                 recovery: str | None = None) -> list[dict]:
     """Scored episodes of every run folder under ``patterns`` recorded on this env and settings.
 
     A run matches when its env id, its ``MATCHED_KWARGS`` and any other kwarg in
-    ``env_kwargs`` that it records are equal, and its base-model fingerprint (where recorded)
-    is ``fingerprint``. Dry runs and half-written lines are skipped."""
+    ``env_kwargs`` that it records are equal, its base-model fingerprint (where recorded) is
+    ``fingerprint`` and its recovery fingerprint is ``recovery``. Runs recorded before
+    recovery fingerprints existed (recipe 1: BatchNorm statistics of plain images) match only
+    when ``env_kwargs`` asks for ``bn_augment=False``. Dry runs and half-written lines are
+    skipped."""
     out = []
     folders = sorted({Path(f).parent for pat in patterns for f in glob.glob(str(Path(pat) / "*" / "config.json"))})
     for folder in folders:
@@ -70,6 +76,10 @@ def load_records(patterns: list[str], env_id: str, env_kwargs: dict, fingerprint
         if any(k in kw and kw[k] != v for k, v in env_kwargs.items()):
             continue
         if fingerprint and config.get("base_model") not in (None, fingerprint):
+            continue
+        if recovery and config.get("recovery", "legacy") not in (recovery, "legacy"):
+            continue
+        if recovery and "recovery" not in config and env_kwargs.get("bn_augment", True):
             continue
         path = folder / "episodes.jsonl"
         for line in path.read_text().splitlines() if path.is_file() else []:
@@ -154,7 +164,8 @@ def main() -> None:
     env_kwargs = {"flops_budget": args.budget, "ft_iters": 0, "reward_samples": args.reward_samples,
                   **parse_kwargs(args.env_kwargs)}
     val_env = gym.make(args.env, **{**env_kwargs, "reward_split": "val"})
-    records = load_records(args.runs, args.env, env_kwargs, getattr(val_env.unwrapped, "model_fingerprint", None))
+    records = load_records(args.runs, args.env, env_kwargs, getattr(val_env.unwrapped, "model_fingerprint", None),
+                           getattr(val_env.unwrapped, "recovery_fingerprint", None))
     if len(records) < 20:
         raise SystemExit(f"only {len(records)} recorded episodes match {args.env} with {env_kwargs} under "
                          f"{args.runs}: run benchmarks/search_quality.py with these settings first")

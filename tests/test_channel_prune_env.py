@@ -142,6 +142,8 @@ def test_nan_action_is_a_clear_error(cifar_root, checkpoints):
         ({"selection": "random"}, "lasso"),
         ({"dataset": "mnist"}, "cifar10"),
         ({"ft_iters": -1}, "non-negative"),
+        ({"ft_lr": 0.0}, "ft_lr must be a positive number"),
+        ({"ft_lr": float("nan")}, "ft_lr must be a positive number"),
     ],
 )
 def test_bad_kwargs(kwargs, match, cifar_root, checkpoints):
@@ -217,3 +219,13 @@ def test_reward_does_not_depend_on_the_episode_seed_without_fine_tuning(cifar_ro
     a = play(env, lambda t: 0.3 - 0.1 * t, seed=1)
     b = play(env, lambda t: 0.3 - 0.1 * t, seed=2)
     assert a[0] == b[0]
+
+
+def test_fine_tuning_lr_defaults_to_the_zoo_entry(cifar_root, checkpoints):
+    """MobileNet-V1's fast fine-tuning runs at its own measured lr; an explicit one wins."""
+    assert zoo.get_spec("mobilenet_v1").ft_lr == 0.001 and zoo.get_spec("resnet20").ft_lr == 0.01
+    assert make("ChannelPrune-ResNet20-v0", checkpoints).unwrapped.ft_lr == 0.01
+    env = make("ChannelPrune-ResNet20-v0", checkpoints, ft_lr=0.003)
+    assert env.unwrapped.ft_lr == 0.003
+    default = make("ChannelPrune-ResNet20-v0", checkpoints).unwrapped
+    assert env.unwrapped.recovery_fingerprint != default.recovery_fingerprint

@@ -33,19 +33,27 @@ def recorded(cifar_root, checkpoints, tmp_path_factory):
 
 def test_records_are_read_only_from_matching_runs(recorded):
     logdir, kwargs, env = recorded
-    fingerprint = env.unwrapped.model_fingerprint
-    records = load_records([str(logdir)], ENV_ID, kwargs, fingerprint)
+    fingerprint, recovery = env.unwrapped.model_fingerprint, env.unwrapped.recovery_fingerprint
+    records = load_records([str(logdir)], ENV_ID, kwargs, fingerprint, recovery)
     assert len(records) == EPISODES
     assert all(len(r["applied"]) == env.unwrapped.num_steps for r in records)
     assert load_records([str(logdir)], ENV_ID, {**kwargs, "ft_iters": 5}, fingerprint) == []
     assert load_records([str(logdir)], ENV_ID, {**kwargs, "flops_budget": 0.3}, fingerprint) == []
     assert load_records([str(logdir)], "ChannelPrune-MobileNetV1-v0", kwargs, fingerprint) == []
     assert load_records([str(logdir)], ENV_ID, kwargs, "another-model") == []
+    assert load_records([str(logdir)], ENV_ID, kwargs, fingerprint, "recovery-other") == []
     # a half-written last line (a killed run) is skipped, not an error
     (run,) = [p for p in logdir.iterdir() if p.is_dir()]
     with open(run / "episodes.jsonl", "a") as f:
         f.write(json.dumps(records[0])[:40])
-    assert len(load_records([str(logdir)], ENV_ID, kwargs, fingerprint)) == EPISODES
+    assert len(load_records([str(logdir)], ENV_ID, kwargs, fingerprint, recovery)) == EPISODES
+    # a run recorded before recovery fingerprints is the plain-image BatchNorm recipe
+    config = json.loads((run / "config.json").read_text())
+    del config["recovery"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert load_records([str(logdir)], ENV_ID, kwargs, fingerprint, recovery) == []
+    legacy = load_records([str(logdir)], ENV_ID, {**kwargs, "bn_augment": False}, fingerprint, "recovery-plain")
+    assert len(legacy) == EPISODES
 
 
 def test_surrogate_picks_are_distinct_policies_the_budget_allows(recorded):
