@@ -1,14 +1,14 @@
 """How well does the env's recovery score a pruned candidate? The uniform policy under recipes.
 
-    python benchmarks/recovery.py                                   # MobileNet-V1, budgets 1.0 0.5 0.3, ~10 min
+    python benchmarks/recovery.py                                   # MobileNet-V1, budgets 1.0 0.5 0.3, ~8 min
     python benchmarks/recovery.py --env ChannelPrune-ResNet20-v0 --budgets 0.5
 
 A reward is only as good as the recovery behind it (selection, reconstruction, fine-tuning,
 BatchNorm re-estimation). This plays the uniform policy (one keep ratio for every layer, the
 largest the budget allows; budget 1.0 = nothing pruned, where a perfect recovery gives back
 the original accuracy) under each recipe of ``--recipes`` and scores it on the ``val``
-reward images and, the same candidate model, on the whole ``test`` split. A recipe is ``name:k=v,k=v`` of env kwargs.
-Prints a table and writes JSON.
+reward images and (the same candidate model) on the whole ``test`` split. A recipe is
+``name:k=v,k=v`` of env kwargs. Prints a table and writes JSON.
 """
 
 from __future__ import annotations
@@ -78,14 +78,14 @@ def main() -> None:
             }
             env.close()
             row = {"budget": budget, "recipe": name, "env_kwargs": kwargs, "keep_ratios": info["keep_ratios"],
-                   "flops_ratio": info["flops_ratio"], **{s: v for s, v in scores.items()}}
+                   "flops_ratio": info["flops_ratio"], **scores}
             rows.append(row)
             print(f"  {budget:>4} {name:<28} val {100 * scores['val']['accuracy']:6.2f}  "
                   f"test {100 * scores['test']['accuracy']:6.2f}", flush=True)
 
+    original_val = rows[0]["val"]["original"]
     print(f"\n{args.env}: the uniform policy, val on {args.reward_samples} images, test on 10,000 "
-          "(original model: val {:.2f}, test {:.2f})".format(100 * rows[0]["val"]["original"],
-                                                              100 * rows[0]["test"]["original"]))
+          f"(original model: val {100 * original_val:.2f}, test {100 * original_test:.2f})")
     print(f"{'budget':>6} {'mean keep':>9} {'recipe':<28} {'val':>6} {'test':>6}")
     for r in rows:
         print(f"{r['budget']:>6} {np.mean(r['keep_ratios']):>9.3f} {r['recipe']:<28} "
