@@ -50,6 +50,7 @@ from sklearn.gaussian_process.kernels import ConstantKernel as Constant
 import pf_envs  # noqa: F401
 from baselines.uniform import largest_unclamped
 from pf_agents.cli import parse_kwargs
+from pf_agents.records import read_run
 
 MATCHED_KWARGS = ("flops_budget", "ft_iters", "reward_samples")
 
@@ -77,16 +78,12 @@ def load_records(patterns: list[str], env_id: str, env_kwargs: dict, fingerprint
             continue
         if fingerprint and config.get("base_model") not in (None, fingerprint):
             continue
-        if recovery and config.get("recovery", "legacy") not in (recovery, "legacy"):
+        recorded = config.get("recovery")
+        if recovery and recorded is None and env_kwargs.get("bn_augment", True):
+            continue  # recorded before recipes were: recipe 1, plain-image BatchNorm statistics
+        if recovery and recorded is not None and recorded != recovery:
             continue
-        if recovery and "recovery" not in config and env_kwargs.get("bn_augment", True):
-            continue
-        path = folder / "episodes.jsonl"
-        for line in path.read_text().splitlines() if path.is_file() else []:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for r in read_run(folder).episodes:
             if r.get("info", {}).get("dry_run") or not isinstance(r.get("reward"), (int, float)):
                 continue
             out.append({"run": folder.name, "episode": r["episode"], "reward": float(r["reward"]),

@@ -141,7 +141,9 @@ class RunRecord:
             config["recovery"] = fingerprint
             _atomic_write(self.path / CONFIG, json.dumps(to_jsonable(config), indent=2) + "\n")
 
-    def _load(self) -> None:
+    def _load(self, repair: bool = True) -> None:
+        """Read the episodes; ``repair`` rewrites the file without a half-written last line
+        (only the process that will append to the run may do that)."""
         ep_path = self.path / EPISODES
         if ep_path.is_file():
             lines = ep_path.read_text().splitlines()
@@ -152,7 +154,7 @@ class RunRecord:
                     good.append(line)
                 except json.JSONDecodeError:
                     break  # a line cut short by a kill: it and anything after are dropped
-            if len(good) != len(lines):
+            if repair and len(good) != len(lines):
                 _atomic_write(ep_path, "".join(g + "\n" for g in good))
         for ep in self.episodes:
             if self.best is None or ep["reward"] > self.best["reward"]:
@@ -178,7 +180,8 @@ class RunRecord:
 
 
 def read_run(path: str | os.PathLike[str]) -> RunRecord:
-    """Read a run folder (for analysis)."""
+    """Read a run folder (for analysis). Nothing is written: the run may be live, and a
+    half-written last line (the episode in flight, or a kill) is skipped, not removed."""
     record = RunRecord(Path(path))
-    record._load()
+    record._load(repair=False)
     return record

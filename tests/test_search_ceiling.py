@@ -46,7 +46,9 @@ def test_records_are_read_only_from_matching_runs(recorded):
     (run,) = [p for p in logdir.iterdir() if p.is_dir()]
     with open(run / "episodes.jsonl", "a") as f:
         f.write(json.dumps(records[0])[:40])
+    before = (run / "episodes.jsonl").read_text()
     assert len(load_records([str(logdir)], ENV_ID, kwargs, fingerprint, recovery)) == EPISODES
+    assert (run / "episodes.jsonl").read_text() == before  # read only: the run may be live
     # a run recorded before recovery fingerprints is the plain-image BatchNorm recipe
     config = json.loads((run / "config.json").read_text())
     del config["recovery"]
