@@ -1,7 +1,8 @@
 """Training, fine-tuning, evaluation and BatchNorm re-estimation.
 
-Everything here takes a model and an object with a ``batches(...)`` method (a
-:class:`pf_envs.data.Split` or anything shaped like it); nothing knows about Gymnasium.
+Everything here takes a model and a :class:`~learners.batches.BatchSource` (an object with
+``len()`` and a ``batches(...)`` method, e.g. a :class:`pf_envs.data.Split`); nothing knows
+about Gymnasium.
 """
 
 from __future__ import annotations
@@ -12,26 +13,18 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+from learners.atomic import atomic_torch_save
+from learners.batches import Batch, BatchSource
+from learners.safe_load import TensorFileError, load_tensor_file
 
-
-class BatchSource(Protocol):
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        augment: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> Iterator[Batch]: ...
-
-    def __len__(self) -> int: ...
+__all__ = [
+    "Batch", "BatchSource", "TrainConfig", "evaluate", "finetune", "recalibrate_batchnorm", "train",
+]
 
 
 def _progress(iterable: Iterable, **kwargs):
@@ -107,10 +100,13 @@ def finetune(
     generator: torch.Generator | None = None,
     device: torch.device | str = "cpu",
     loss_fn: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    step_hook: Callable[[nn.Module, int], None] | None = None,
 ) -> nn.Module:
     """``iterations`` SGD steps on augmented, shuffled batches, lr cosine-decayed to 0.
 
     ``loss_fn(model, images, labels)`` replaces cross-entropy (e.g. for distillation).
+    ``step_hook(model, step)`` runs after every optimiser step (e.g. to re-apply sparsity
+    masks or re-project quantised weights, so that they survive fine-tuning).
     """
     if iterations <= 0:
         return model
@@ -133,6 +129,8 @@ def finetune(
             loss.backward()
             opt.step()
             step += 1
+            if step_hook is not None:
+                step_hook(model, step)
             if step >= iterations:
                 break
     return model.eval()
@@ -179,6 +177,20 @@ class TrainConfig:
                 f"epochs={self.epochs}, swa_epochs={self.swa_epochs}: both must be >= 0 and "
                 "at least one > 0"
             )
+        bounds = {  # field: (is it in range, the range in words)
+            "batch_size": (self.batch_size >= 1, ">= 1"),
+            "lr": (self.lr > 0, "> 0"),
+            "momentum": (0 <= self.momentum < 1, "in [0, 1)"),
+            "weight_decay": (self.weight_decay >= 0, ">= 0"),
+            "warmup_epochs": (self.warmup_epochs >= 0, ">= 0"),
+            "label_smoothing": (0 <= self.label_smoothing < 1, "in [0, 1)"),
+            "swa_lr": (self.swa_lr > 0, "> 0"),
+        }
+        bad = [f"{k}={getattr(self, k)} (must be {rule})" for k, (ok, rule) in bounds.items() if not ok]
+        if bad:
+            raise ValueError(f"bad training settings: {', '.join(bad)}")
+        if not all(math.isfinite(float(getattr(self, f.name))) for f in fields(self) if f.name != "bf16"):
+            raise ValueError(f"training settings must be finite numbers: {asdict(self)}")
 
 
 def _lr_at(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
@@ -203,6 +215,44 @@ def _swa_bn_batches(train_data: BatchSource, seed: int, max_images: int | None) 
         yield images, labels
 
 
+def _read_train_state(path: str | os.PathLike[str], cfg: TrainConfig, total_epochs: int) -> dict[str, Any]:
+    """The training state at ``path``, loaded with ``weights_only=True`` (a file holding any
+    pickled object but tensors, numbers and strings is refused, never run) and checked:
+    written by :func:`train` with the same ``cfg``. Every failure is a ValueError that says
+    to delete the file to start over."""
+    restart = "delete it to start over"
+    try:
+        state = load_tensor_file(path)
+    except TensorFileError as exc:
+        raise ValueError(f"cannot read the training state {path}: {exc.reason}; {restart}") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read the training state {path} ({exc.strerror or exc}); {restart}") from exc
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a training state written by train() (a {type(state).__name__}); {restart}")
+    # a state written before a setting existed holds that setting at its default
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    recorded = {**defaults, **state["config"]} if isinstance(state.get("config"), dict) else None
+    if recorded != asdict(cfg):
+        raise ValueError(
+            f"{path} was written by a run with another config {state.get('config')}; "
+            "delete it or pass the same settings to resume"
+        )
+    expected = {
+        "model": dict, "optimizer": dict, "epoch": int, "generator": torch.Tensor, "history": list,
+    }
+    wrong = [k for k, t in expected.items() if not isinstance(state.get(k), t)]
+    if not wrong and not 0 <= state["epoch"] <= total_epochs:
+        wrong = ["epoch"]
+    if not wrong and not (state.get("swa") is None or isinstance(state["swa"], dict)):
+        wrong = ["swa"]
+    if wrong:
+        raise ValueError(
+            f"the training state {path} is incomplete or not written by train() (bad or missing "
+            f"{wrong}); {restart}"
+        )
+    return state
+
+
 def train(
     model: nn.Module,
     train_data: BatchSource,
@@ -218,7 +268,10 @@ def train(
 
     With ``state_path`` the model, optimiser, epoch, random state (and the SWA average) are
     written there after every epoch (atomically) and a later call with the same path resumes
-    after the last finished epoch; at most the epoch in flight is lost.
+    after the last finished epoch; at most the epoch in flight is lost. The file holds only
+    tensors, numbers and strings and is read back with ``weights_only=True``: a file there
+    that holds any other pickled object (e.g. written by an older version) is refused with a
+    ValueError saying to delete it, never loaded.
 
     With ``cfg.swa_epochs`` the model returned holds the weight average (see
     :class:`TrainConfig`); each SWA epoch's record also has ``swa_val_acc``, the average so far
@@ -240,27 +293,28 @@ def train(
     start_epoch = 0
     swa_state = None
     if state_path is not None and Path(state_path).is_file():
+        state = _read_train_state(state_path, cfg, total_epochs)
         try:
-            state = torch.load(state_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # truncated or not a torch file
-            raise ValueError(f"cannot read the training state {state_path} ({exc}); delete it to start over") from exc
-        # a state written before a setting existed holds that setting at its default
-        defaults = {f.name: f.default for f in fields(TrainConfig)}
-        recorded = {**defaults, **state["config"]} if isinstance(state.get("config"), dict) else None
-        if recorded != asdict(cfg):
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["generator"])
+        except (RuntimeError, ValueError, KeyError) as exc:
             raise ValueError(
-                f"{state_path} was written by a run with another config {state.get('config')}; "
-                "delete it or pass the same settings to resume"
-            )
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
+                f"the training state {state_path} does not fit this model ({str(exc).splitlines()[0]}); "
+                "delete it to start over, or resume with the model it was written for"
+            ) from exc
         start_epoch, history, swa_state = state["epoch"], state["history"], state.get("swa")
         log(f"resuming from {state_path} after epoch {start_epoch}")
     model.to(device).to(memory_format=torch.channels_last)
     swa = AveragedModel(model) if cfg.swa_epochs else None
     if swa is not None and swa_state is not None:
-        swa.load_state_dict(swa_state)
+        try:
+            swa.load_state_dict(swa_state)
+        except (RuntimeError, KeyError) as exc:
+            raise ValueError(
+                f"the weight average in the training state {state_path} does not fit this model "
+                f"({str(exc).splitlines()[0]}); delete it to start over"
+            ) from exc
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     for epoch in range(start_epoch, total_epochs):
         model.train()
@@ -303,14 +357,13 @@ def train(
         history.append(record)
         log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items()))
         if state_path is not None:
-            tmp = Path(f"{state_path}.tmp")
-            torch.save(
+            # tensors, numbers, strings and containers only: loadable with weights_only=True
+            atomic_torch_save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch + 1,
                  "generator": gen.get_state(), "history": history, "config": asdict(cfg),
                  "swa": swa.state_dict() if swa is not None else None},
-                tmp,
+                state_path,
             )
-            os.replace(tmp, state_path)
     if swa is not None:
         recalibrate_batchnorm(swa.module, _swa_bn_batches(train_data, cfg.seed, None), device=device)
         model.load_state_dict(swa.module.state_dict())

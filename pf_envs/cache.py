@@ -2,21 +2,22 @@
 accuracies), keyed by a fingerprint of the model's weights and every setting that matters.
 
 Values must be tensors, numbers, strings or containers of them (loaded with
-``weights_only=True``). A cache file that cannot be read is deleted and recomputed.
+``weights_only=True``, so a cache file never runs code). A cache file that cannot be read
+is deleted and recomputed; files are written atomically (a reader never sees half of one).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-import torch
 from torch import nn
 
+from learners.atomic import atomic_torch_save
+from learners.safe_load import TensorFileError, load_tensor_file
 from pf_envs.data import cache_dir
 
 T = TypeVar("T")
@@ -45,12 +46,10 @@ def cached(key: str, compute: Callable[[], T], enabled: bool = True, subdir: str
     path = Path(cache_dir()) / subdir / f"{key}.pt"
     if path.is_file():
         try:
-            return torch.load(path, map_location="cpu", weights_only=True)
-        except Exception:
+            return load_tensor_file(path)
+        except (TensorFileError, OSError):  # corrupt, truncated, refused or unreadable
             path.unlink(missing_ok=True)
     value = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(value, tmp)
-    os.replace(tmp, path)
+    # fsync is skipped: a cache file torn by a crash fails to load and is recomputed
+    atomic_torch_save(value, path, fsync=False)
     return value

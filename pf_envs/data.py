@@ -11,23 +11,44 @@ Where the data lives (first that is set wins): the ``data_root`` argument, the
 ``PF_DATA_DIR`` environment variable, ``~/.cache/pocketflow-gym/data``. Decoded CIFAR-10
 images are cached as uint8 tensors under ``PF_CACHE_DIR`` (default
 ``~/.cache/pocketflow-gym``), so every load after the first takes well under a second.
+
+The cache is keyed by the data files themselves: the relative name, size and modification
+time (ns) of every image file of an ImageFolder tree (or of torchvision's batch files), so
+adding, removing, replacing or touching an image rebuilds it. Walking the 60,000 files of
+CIFAR-10's JPEG tree for that key takes about half a second. :func:`load_dataset` shares a
+bundle within a process and checks the same key on every call, so it never hands back a
+bundle older than the files (see :func:`load_dataset`).
+
+Nothing read here runs code: torchvision's CIFAR-10 batch files are pickles (that is the
+official format) and are read with an unpickler that only builds numpy arrays, strings,
+numbers and containers (:func:`_read_pickled_batch`); caches are loaded with
+``weights_only=True``. Every bad input raises a :class:`DataError` whose message names the
+file or folder, says what is wrong and what to do.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
+import importlib
+import io
 import os
 import pickle
+import re
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
+
+from learners.atomic import atomic_torch_save
+from learners.batches import Batch, BatchSource
+from learners.safe_load import TensorFileError, load_tensor_file
 
 DATA_ENV_VAR = "PF_DATA_DIR"
 CACHE_ENV_VAR = "PF_CACHE_DIR"
@@ -42,16 +63,38 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
 
-Batch = tuple[torch.Tensor, torch.Tensor]
+__all__ = [
+    "Batch", "BatchSource", "CorruptDataError", "DataError", "DataNotFoundError",
+    "DataPermissionError", "DatasetBundle", "FolderSplit", "Split", "TensorSplit",
+    "balanced_holdout", "cache_dir", "clear_dataset_cache", "load_cifar10", "load_dataset",
+    "load_imagenet", "resolve_data_root",
+]
 
 
-class DataNotFoundError(FileNotFoundError):
-    """The dataset is not where the project looked for it; the message says how to fix it."""
+class DataError(Exception):
+    """Base of every data error; the message names the file or folder and what to do."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """The dataset (or a part of it) is not where the project looked for it."""
+
+
+class CorruptDataError(DataError, ValueError):
+    """A data file is there but cannot be decoded or does not hold what its format promises."""
+
+
+class DataPermissionError(DataError, PermissionError):
+    """A data folder or file exists but this process may not read it."""
 
 
 def cache_dir() -> Path:
     """Folder for derived caches (decoded tensors, layer features, baseline accuracies)."""
     path = Path(os.environ.get(CACHE_ENV_VAR) or Path.home() / ".cache" / "pocketflow-gym")
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"the cache folder {path} (${CACHE_ENV_VAR} or the default) is a file; point "
+            f"{CACHE_ENV_VAR} at a folder, or move the file away"
+        )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -65,25 +108,34 @@ def resolve_data_root(data_root: str | os.PathLike[str] | None = None) -> Path:
     return Path.home() / ".cache" / "pocketflow-gym" / "data"
 
 
-class Split(Protocol):
-    """A split of a dataset: labelled images served as normalised float batches."""
+def _check_data_root(root: Path, data_root: str | os.PathLike[str] | None) -> None:
+    """Refuse a data root that is a file or cannot be listed, saying where it came from."""
+    origin = (
+        "the data_root argument" if data_root is not None
+        else f"${DATA_ENV_VAR}" if os.environ.get(DATA_ENV_VAR) else "the default data folder"
+    )
+    if root.exists() and not root.is_dir():
+        raise DataNotFoundError(
+            f"the data root {root} (from {origin}) is a file, not a folder; point {origin} at "
+            "the folder that holds the datasets"
+        )
+    if root.is_dir():
+        try:
+            with os.scandir(root):
+                pass
+        except PermissionError as exc:
+            raise DataPermissionError(
+                f"cannot read the data root {root} (from {origin}): permission denied; give this "
+                f"user read access (chmod -R u+rX {root}) or point {origin} at a readable copy"
+            ) from exc
+
+
+class Split(BatchSource, Protocol):
+    """A split of a dataset: labelled images served as normalised float batches
+    (:class:`learners.batches.BatchSource`), with a name, a class count and subsets."""
 
     name: str
     num_classes: int
-
-    def __len__(self) -> int: ...
-
-    def batches(
-        self,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        augment: bool = False,
-        generator: torch.Generator | None = None,
-        drop_last: bool = False,
-    ) -> Iterator[Batch]:
-        """Yield ``(images float32 NCHW normalised, labels int64)`` batches."""
-        ...
 
     def subset(self, n: int, seed: int = 0) -> Split:
         """A fixed random subset of ``n`` images (all of them if ``n >= len(self)``)."""
@@ -164,18 +216,36 @@ class TensorSplit:
         )
 
 
+def _open_rgb(path: str, split: str) -> Image.Image:
+    """Decode one image file as RGB, or raise a :class:`DataError` that names it and its split."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except PermissionError as exc:
+        raise DataPermissionError(
+            f"cannot read {path} ({split} split): permission denied; give this user read "
+            "access to the data tree (chmod -R u+rX <data root>)"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - PIL raises OSError, ValueError, SyntaxError, ...
+        raise CorruptDataError(
+            f"cannot decode the image {path} ({split} split): {type(exc).__name__}: {exc}. "
+            "The file is truncated or not an image: delete it or replace it with a good copy "
+            "(e.g. unpack the dataset again)"
+        ) from exc
+
+
 class _FolderDataset(torch.utils.data.Dataset):
-    def __init__(self, samples: Sequence[tuple[str, int]], transform) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], transform, split: str) -> None:
         self.samples = samples
         self.transform = transform
+        self.split = split
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> Batch:
         path, label = self.samples[i]
-        with Image.open(path) as img:
-            return self.transform(img.convert("RGB")), label
+        return self.transform(_open_rgb(path, self.split)), label
 
 
 @dataclass
@@ -215,7 +285,7 @@ class FolderSplit:
         generator: torch.Generator | None = None,
         drop_last: bool = False,
     ) -> Iterator[Batch]:
-        dataset = _FolderDataset(self.samples, self._transform(augment))
+        dataset = _FolderDataset(self.samples, self._transform(augment), self.name)
         workers = min(self.num_workers, max(1, len(self) // batch_size))
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, generator=generator,
@@ -268,6 +338,13 @@ def balanced_holdout(labels: np.ndarray, per_class: int, seed: int = 0) -> np.nd
 # ----------------------------------------------------------------------------- CIFAR-10
 
 
+CIFAR10_BATCH_FILES: tuple[str, ...] = tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",)
+_REDOWNLOAD = (
+    "download CIFAR-10 again (torchvision's cifar-10-python.tar.gz) or delete the folder so "
+    "that the loader downloads it"
+)
+
+
 def _find_cifar10(root: Path) -> tuple[str, Path] | None:
     for base in (root, root / "cifar10", root / "cifar-10", root / "CIFAR10"):
         if (base / "cifar-10-batches-py" / "data_batch_1").is_file():
@@ -279,68 +356,211 @@ def _find_cifar10(root: Path) -> tuple[str, Path] | None:
     return None
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists, strings, numbers and numpy arrays, nothing else.
+
+    The globals a numpy array pickle needs (with any protocol, numpy 1 or 2 module paths) are
+    the only ones resolved; any other (``os.system``, a class with ``__reduce__``) raises
+    :class:`pickle.UnpicklingError` before it is called."""
+
+    ALLOWED: frozenset[tuple[str, str]] = frozenset(
+        [(f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")]
+        + [(f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")]
+        + [("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")]
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(
+                f"it asks to build {module}.{name}, which a CIFAR-10 batch file never holds "
+                "(only numpy arrays, lists and strings); it was refused and not run"
+            )
+        if module.startswith("numpy.core.") and hasattr(np, "_core"):  # numpy 2 moved numpy.core
+            module = "numpy._core." + module[len("numpy.core."):]
+        return getattr(importlib.import_module(module), name)
+
+
+def _read_pickled_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (uint8, N x 3 x 32 x 32) and labels (int64) of one torchvision CIFAR batch file.
+
+    These files are pickles (the official format); :class:`_ArrayUnpickler` reads them
+    without running anything but numpy's array reconstruction."""
+    try:
+        entry = _ArrayUnpickler(io.BytesIO(path.read_bytes()), encoding="latin1").load()
+    except FileNotFoundError as exc:
+        raise DataNotFoundError(
+            f"the CIFAR-10 batch file {path} is missing (a torchvision CIFAR-10 folder holds "
+            f"{', '.join(CIFAR10_BATCH_FILES)}); {_REDOWNLOAD}"
+        ) from exc
+    except PermissionError as exc:
+        raise DataPermissionError(
+            f"cannot read the CIFAR-10 batch file {path}: permission denied; give this user read access"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is the file's content
+        reason = str(exc) if isinstance(exc, pickle.UnpicklingError) and "refused" in str(exc) else (
+            f"it is truncated or not a CIFAR-10 batch pickle ({type(exc).__name__}: {exc})"
+        )
+        raise CorruptDataError(f"cannot read the CIFAR-10 batch file {path}: {reason}; {_REDOWNLOAD}") from None
+    if isinstance(entry, dict):  # files pickled by Python 3 with bytes keys
+        entry = {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+    data = entry.get("data") if isinstance(entry, dict) else None
+    labels = entry.get("labels", entry.get("fine_labels")) if isinstance(entry, dict) else None
+    try:
+        images = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+        label_array = np.asarray(labels, dtype=np.int64).reshape(-1)
+        ok = data is not None and labels is not None and len(images) == len(label_array) > 0
+        ok = ok and bool(((label_array >= 0) & (label_array < 10)).all())
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CorruptDataError(
+            f"the CIFAR-10 batch file {path} does not hold what the format promises (a dict with "
+            f"'data': N x 3072 uint8 and 'labels': N labels in 0..9); {_REDOWNLOAD}"
+        )
+    return images, label_array
+
+
 def _read_cifar_batches(folder: Path) -> tuple[dict[str, np.ndarray], ...]:
-    def read(files: list[str]) -> dict[str, np.ndarray]:
-        images, labels = [], []
-        for name in files:
-            with open(folder / name, "rb") as f:
-                entry = pickle.load(f, encoding="latin1")
-            images.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(entry.get("labels", entry.get("fine_labels", [])))
-        return {"images": np.concatenate(images), "labels": np.asarray(labels, dtype=np.int64)}
+    def read(files: Sequence[str]) -> dict[str, np.ndarray]:
+        parts = [_read_pickled_batch(folder / name) for name in files]
+        return {"images": np.concatenate([p[0] for p in parts]), "labels": np.concatenate([p[1] for p in parts])}
 
-    return read([f"data_batch_{i}" for i in range(1, 6)]), read(["test_batch"])
+    return read(CIFAR10_BATCH_FILES[:5]), read(CIFAR10_BATCH_FILES[5:])
 
 
-def _image_folder_samples(folder: Path, classes: Sequence[str] | None = None) -> list[tuple[str, int]]:
-    if classes is None:
-        classes = sorted(d.name for d in folder.iterdir() if d.is_dir())
-    samples: list[tuple[str, int]] = []
-    for label, cls in enumerate(classes):
-        cdir = folder / cls
-        if not cdir.is_dir():
-            raise DataNotFoundError(f"{folder} has no class folder {cls!r}; expected {list(classes)}")
-        for path in sorted(cdir.iterdir()):
-            if path.suffix in IMG_EXTENSIONS or path.suffix.lower() in IMG_EXTENSIONS:
-                samples.append((str(path), label))
-    return samples
+def _is_image(name: str) -> bool:
+    return name.endswith(IMG_EXTENSIONS) or name.lower().endswith(IMG_EXTENSIONS)
 
 
-def _decode(samples: list[tuple[str, int]], size: int) -> dict[str, np.ndarray]:
+@dataclass
+class _ScannedFolder:
+    """The image files of one ImageFolder split: ``(path, label)`` samples in sorted order and
+    a stamp line per file (``relative name, size, mtime_ns``) when scanned with stats."""
+
+    samples: list[tuple[str, int]]
+    stamps: list[str]
+
+
+def _scan_image_folder(
+    folder: Path, split: str, classes: Sequence[str] | None = None, *, with_stats: bool = False
+) -> _ScannedFolder:
+    """List the images of ``folder/<class>/`` with ``os.scandir`` (one pass, sorted by name).
+
+    Raises a :class:`DataError` for a missing, unreadable or empty class folder."""
+    try:
+        if classes is None:
+            with os.scandir(folder) as it:
+                classes = sorted(e.name for e in it if e.is_dir())
+        samples: list[tuple[str, int]] = []
+        stamps: list[str] = []
+        for label, cls in enumerate(classes):
+            cdir = folder / cls
+            if not cdir.is_dir():
+                with os.scandir(folder) as it:
+                    there = sorted(e.name for e in it if e.is_dir())
+                raise DataNotFoundError(
+                    f"{folder} ({split} split) has no class folder {cls!r}: it needs one folder per "
+                    f"class, {list(classes)[:12]}{' ...' if len(classes) > 12 else ''} (found "
+                    f"{there[:12]}{' ...' if len(there) > 12 else ''}); create or rename it"
+                )
+            with os.scandir(cdir) as it:
+                entries = sorted((e for e in it if _is_image(e.name) and e.is_file()), key=lambda e: e.name)
+            if not entries:
+                raise DataNotFoundError(
+                    f"the class folder {cdir} ({split} split) holds no images ({', '.join(IMG_EXTENSIONS)}); "
+                    "put that class's images there (or, for a dataset without fixed classes, remove the folder)"
+                )
+            for e in entries:
+                samples.append((e.path, label))
+                if with_stats:
+                    st = e.stat()
+                    stamps.append(f"{cls}/{e.name}\0{st.st_size}\0{st.st_mtime_ns}")
+    except PermissionError as exc:
+        raise DataPermissionError(
+            f"cannot list {exc.filename or folder} ({split} split): permission denied; give this "
+            f"user read access (chmod -R u+rX {folder})"
+        ) from exc
+    return _ScannedFolder(samples, stamps)
+
+
+def _decode(samples: list[tuple[str, int]], size: int, split: str) -> dict[str, np.ndarray]:
     def load(path: str) -> np.ndarray:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
+        img = _open_rgb(path, split)
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         images = list(pool.map(load, [p for p, _ in samples], chunksize=256))
     return {"images": np.stack(images), "labels": np.asarray([y for _, y in samples], np.int64)}
 
 
-def _cifar10_tensors(found: tuple[str, Path]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+@dataclass
+class _Cifar10Files:
+    """A found CIFAR-10 copy and the key of its files (see :func:`_scan_cifar10`)."""
+
+    layout: str
+    folder: Path
+    key: str
+    splits: dict[str, list[tuple[str, int]]] | None  # ImageFolder samples by split
+
+
+def _scan_cifar10(found: tuple[str, Path]) -> _Cifar10Files:
+    """Key the data by its files: relative name, size and mtime_ns of every image file of an
+    ImageFolder tree (``train/`` and ``test/``), or of the six torchvision batch files. Any
+    file added, removed, replaced or touched changes the key (the top folder's mtime does
+    not matter). About 0.5 s for the 60,000 JPEGs of CIFAR-10."""
     layout, folder = found
-    stamp = [str(folder.resolve()), layout]
-    probe = folder / ("data_batch_1" if layout == "torchvision" else "train")
-    stamp.append(str(probe.stat().st_mtime_ns))
-    key = hashlib.sha1("|".join(stamp).encode()).hexdigest()[:16]
-    cache_file = cache_dir() / f"cifar10-{layout}-{key}.pt"
+    lines = [layout, str(folder.resolve())]
+    splits = None
+    if layout == "torchvision":
+        for name in CIFAR10_BATCH_FILES:
+            try:
+                st = (folder / name).stat()
+            except FileNotFoundError as exc:
+                raise DataNotFoundError(
+                    f"the CIFAR-10 batch file {folder / name} is missing (a torchvision CIFAR-10 "
+                    f"folder holds {', '.join(CIFAR10_BATCH_FILES)}); {_REDOWNLOAD}"
+                ) from exc
+            lines.append(f"{name}\0{st.st_size}\0{st.st_mtime_ns}")
+    else:
+        splits = {}
+        for split in ("train", "test"):
+            scanned = _scan_image_folder(folder / split, split, CIFAR10_CLASSES, with_stats=True)
+            splits[split] = scanned.samples
+            lines.append(f"[{split}]")
+            lines.extend(scanned.stamps)
+    key = hashlib.sha1("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+    return _Cifar10Files(layout, folder, key, splits)
+
+
+def _cifar10_tensors(files: _Cifar10Files) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Decoded train/test tensors, from the cache file of ``files.key`` or decoded (and cached)."""
+    folder_name = f"{files.layout}|{files.folder.resolve()}".encode("utf-8", "surrogateescape")
+    folder_id = hashlib.sha1(folder_name).hexdigest()[:8]
+    cache_file = cache_dir() / f"cifar10-{files.layout}-{folder_id}-{files.key[:16]}.pt"
     if cache_file.is_file():
         try:
-            cached = torch.load(cache_file, weights_only=True)
+            cached = load_tensor_file(cache_file)
             return cached["train"], cached["test"]
-        except Exception:  # a broken cache is rebuilt, never trusted
+        except (TensorFileError, KeyError, TypeError, OSError):  # a broken cache is rebuilt, never trusted
             cache_file.unlink(missing_ok=True)
-    if layout == "torchvision":
-        train, test = _read_cifar_batches(folder)
+    if files.layout == "torchvision":
+        train, test = _read_cifar_batches(files.folder)
     else:
-        train = _decode(_image_folder_samples(folder / "train", CIFAR10_CLASSES), 32)
-        test = _decode(_image_folder_samples(folder / "test", CIFAR10_CLASSES), 32)
+        assert files.splits is not None
+        train = _decode(files.splits["train"], 32, "train")
+        test = _decode(files.splits["test"], 32, "test")
     tensors = tuple({k: torch.from_numpy(v) for k, v in part.items()} for part in (train, test))
-    tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
-    torch.save({"train": tensors[0], "test": tensors[1]}, tmp)
-    os.replace(tmp, cache_file)
+    # fsync is skipped: a cache torn by a crash fails to load and is rebuilt
+    atomic_torch_save({"train": tensors[0], "test": tensors[1]}, cache_file, fsync=False)
+    # caches of earlier versions of the same files, and those named by the old key (the top
+    # folder's mtime: cifar10-<layout>-<16 hex>.pt), are never read again; a writer's
+    # temporary file (``.tmp<pid>`` in its name) is left alone
+    stale = re.compile(rf"cifar10-{files.layout}-(?:{folder_id}-)?[0-9a-f]{{16}}\.pt")
+    for old in cache_file.parent.glob(f"cifar10-{files.layout}-*.pt"):
+        if old != cache_file and stale.fullmatch(old.name):
+            old.unlink(missing_ok=True)
     return tensors[0], tensors[1]
 
 
@@ -355,6 +575,35 @@ def _download_cifar10(root: Path) -> tuple[str, Path] | None:
     return _find_cifar10(root)
 
 
+def _locate_cifar10(root: Path, data_root: str | os.PathLike[str] | None, download: bool) -> tuple[str, Path]:
+    _check_data_root(root, data_root)
+    found = _find_cifar10(root) or (_download_cifar10(root) if download else None)
+    if found is None:
+        looked = ", ".join(str(p) for p in (root, root / "cifar10"))
+        raise DataNotFoundError(
+            f"CIFAR-10 not found: looked in {looked} for 'cifar-10-batches-py/' (torchvision) "
+            f"or 'train/<class>/' + 'test/<class>/' (ImageFolder), and the download "
+            f"{'failed (no network?)' if download else 'was disabled'}. Put the data there, "
+            f"or pass data_root=... / set {DATA_ENV_VAR} to the folder that holds it."
+        )
+    return found
+
+
+def _cifar10_bundle(files: _Cifar10Files, val_per_class: int) -> DatasetBundle:
+    train, test = _cifar10_tensors(files)
+    holdout = torch.from_numpy(balanced_holdout(train["labels"].numpy(), val_per_class, seed=0))
+    common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10)
+    return DatasetBundle(
+        name="cifar10",
+        train=TensorSplit("train", train["images"][~holdout], train["labels"][~holdout], **common),
+        val=TensorSplit("val", train["images"][holdout], train["labels"][holdout], **common),
+        test=TensorSplit("test", test["images"], test["labels"], **common),
+        num_classes=10,
+        input_size=32,
+        source=f"{files.layout}:{files.folder}",
+    )
+
+
 def load_cifar10(
     data_root: str | os.PathLike[str] | None = None,
     *,
@@ -366,32 +615,32 @@ def load_cifar10(
     Looks under the data root (and its ``cifar10/`` sub-folder) for torchvision's
     ``cifar-10-batches-py`` or an ImageFolder tree ``train/<class>/*``, ``test/<class>/*``;
     where neither is there and ``download`` is true, tries torchvision's download.
+
+    Raises:
+        DataNotFoundError: no CIFAR-10 there, the root is a file, a batch file or class
+            folder is missing, or a class folder holds no images.
+        DataPermissionError: a folder or file cannot be read.
+        CorruptDataError: an image cannot be decoded, or a batch file is corrupt or holds
+            anything but arrays (names the file and the split).
     """
     root = resolve_data_root(data_root)
-    found = _find_cifar10(root) or (_download_cifar10(root) if download else None)
-    if found is None:
-        looked = ", ".join(str(p) for p in (root, root / "cifar10"))
-        raise DataNotFoundError(
-            f"CIFAR-10 not found: looked in {looked} for 'cifar-10-batches-py/' (torchvision) "
-            f"or 'train/<class>/' + 'test/<class>/' (ImageFolder), and the download "
-            f"{'failed (no network?)' if download else 'was disabled'}. Put the data there, "
-            f"or pass data_root=... / set {DATA_ENV_VAR} to the folder that holds it."
-        )
-    train, test = _cifar10_tensors(found)
-    holdout = torch.from_numpy(balanced_holdout(train["labels"].numpy(), val_per_class, seed=0))
-    common = dict(mean=CIFAR10_MEAN, std=CIFAR10_STD, num_classes=10)
-    return DatasetBundle(
-        name="cifar10",
-        train=TensorSplit("train", train["images"][~holdout], train["labels"][~holdout], **common),
-        val=TensorSplit("val", train["images"][holdout], train["labels"][holdout], **common),
-        test=TensorSplit("test", test["images"], test["labels"], **common),
-        num_classes=10,
-        input_size=32,
-        source=f"{found[0]}:{found[1]}",
-    )
+    found = _locate_cifar10(root, data_root, download)
+    return _cifar10_bundle(_scan_cifar10(found), val_per_class)
 
 
 # ----------------------------------------------------------------------------- ImageNet
+
+
+def _find_imagenet(root: Path, data_root: str | os.PathLike[str] | None) -> Path:
+    _check_data_root(root, data_root)
+    for base in (root, root / "imagenet", root / "ILSVRC2012"):
+        if (base / "train").is_dir() and (base / "val").is_dir():
+            return base
+    raise DataNotFoundError(
+        f"ImageNet not found: looked in {root} and {root / 'imagenet'} for 'train/<class>/' "
+        f"and 'val/<class>/' (ImageFolder layout; no automatic download exists). Pass "
+        f"data_root=... or set {DATA_ENV_VAR} to the folder that holds them."
+    )
 
 
 def load_imagenet(
@@ -404,22 +653,26 @@ def load_imagenet(
 
     ``val`` (the reward split) is ``val_per_class`` images per class held out from ``train/``
     (10 x 1000 classes = 10,000, as PocketFlow); ``test`` is the official ``val/`` folder.
+    Images are decoded when batches are drawn; a file that cannot be decoded then raises
+    :class:`CorruptDataError` naming it and its split.
     """
     root = resolve_data_root(data_root)
-    for base in (root, root / "imagenet", root / "ILSVRC2012"):
-        if (base / "train").is_dir() and (base / "val").is_dir():
-            break
-    else:
+    base = _find_imagenet(root, data_root)
+    try:
+        with os.scandir(base / "train") as it:
+            classes = sorted(e.name for e in it if e.is_dir())
+    except PermissionError as exc:
+        raise DataPermissionError(
+            f"cannot list {base / 'train'}: permission denied; give this user read access "
+            f"(chmod -R u+rX {base})"
+        ) from exc
+    if not classes:
         raise DataNotFoundError(
-            f"ImageNet not found: looked in {root} and {root / 'imagenet'} for 'train/<class>/' "
-            f"and 'val/<class>/' (ImageFolder layout; no automatic download exists). Pass "
-            f"data_root=... or set {DATA_ENV_VAR} to the folder that holds them."
+            f"{base / 'train'} holds no class folders; ImageNet needs train/<class>/<images> "
+            "and val/<class>/<images>"
         )
-    classes = sorted(d.name for d in (base / "train").iterdir() if d.is_dir())
-    train = _image_folder_samples(base / "train", classes)
-    test = _image_folder_samples(base / "val", classes)
-    if not train or not test:
-        raise DataNotFoundError(f"ImageNet folders under {base} hold no images")
+    train = _scan_image_folder(base / "train", "train", classes).samples
+    test = _scan_image_folder(base / "val", "test (val/)", classes).samples
     holdout = balanced_holdout(np.asarray([y for _, y in train]), val_per_class, seed=0)
     n = len(classes)
     return DatasetBundle(
@@ -433,16 +686,58 @@ def load_imagenet(
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _load_cached(name: str, root: str | None) -> DatasetBundle:
-    if name == "cifar10":
-        return load_cifar10(root)
-    return load_imagenet(root)
+def _imagenet_stamp(base: Path) -> str:
+    """Modification times of ``train/``, ``val/`` and every class folder: a file added,
+    removed or renamed changes its folder's mtime. ImageNet images are read when batches
+    are drawn, so a file rewritten in place needs no new bundle."""
+    lines = []
+    for split in ("train", "val"):
+        lines.append(f"{split}\0{(base / split).stat().st_mtime_ns}")
+        with os.scandir(base / split) as it:
+            lines.extend(sorted(f"{e.name}\0{e.stat().st_mtime_ns}" for e in it if e.is_dir()))
+    return hashlib.sha1("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+_BUNDLES: OrderedDict[tuple[str, str], tuple[str, DatasetBundle]] = OrderedDict()
+_BUNDLES_LOCK = threading.Lock()
+_MAX_BUNDLES = 4
+
+
+def clear_dataset_cache() -> None:
+    """Forget the bundles :func:`load_dataset` shares within this process."""
+    with _BUNDLES_LOCK:
+        _BUNDLES.clear()
 
 
 def load_dataset(name: str, data_root: str | os.PathLike[str] | None = None) -> DatasetBundle:
-    """Load a dataset by name (``cifar10`` or ``imagenet``); shared within a process."""
+    """Load a dataset by name (``cifar10`` or ``imagenet``); shared within a process.
+
+    The shared bundle is keyed by the data root *and* its files, checked on every call:
+    CIFAR-10 by the name, size and mtime of every image file (or batch file; about 0.5 s for
+    the JPEG tree, milliseconds for torchvision's batch files), ImageNet by the mtimes of its
+    class folders (its images are read when batches are drawn). When the files changed, the
+    dataset is loaded again (decoded once more) and replaces the old bundle, so a caller
+    never gets a bundle older than the files. At most 4 roots are kept.
+    """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
-    root = str(resolve_data_root(data_root))
-    return _load_cached(name, root)
+    root = resolve_data_root(data_root)
+    files: _Cifar10Files | None = None
+    if name == "cifar10":
+        files = _scan_cifar10(_locate_cifar10(root, data_root, download=True))
+        stamp = files.key
+    else:
+        stamp = _imagenet_stamp(_find_imagenet(root, data_root))
+    slot = (name, str(root))
+    with _BUNDLES_LOCK:
+        hit = _BUNDLES.get(slot)
+        if hit is not None and hit[0] == stamp:
+            _BUNDLES.move_to_end(slot)
+            return hit[1]
+    bundle = _cifar10_bundle(files, 500) if files is not None else load_imagenet(root)
+    with _BUNDLES_LOCK:
+        _BUNDLES[slot] = (stamp, bundle)
+        _BUNDLES.move_to_end(slot)
+        while len(_BUNDLES) > _MAX_BUNDLES:
+            _BUNDLES.popitem(last=False)
+    return bundle

@@ -14,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learners.training import evaluate  # noqa: E402
 from pf_envs import zoo  # noqa: E402
-from pf_envs.data import load_dataset  # noqa: E402
+from pf_envs.data import DataError, load_dataset  # noqa: E402
 from pf_envs.layers import cost_table  # noqa: E402
 
 
@@ -27,10 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         model = zoo.load(args.model, "cifar10", args.checkpoint)
-    except zoo.CheckpointError as exc:
+        data = load_dataset("cifar10", args.data_root)
+    except (zoo.CheckpointError, DataError) as exc:  # the message says what to do
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    data = load_dataset("cifar10", args.data_root)
     t0 = time.time()
     acc = evaluate(model, data.split(args.split))
     table = cost_table(model, 32, with_groups=False)

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from learners.training import TrainConfig, evaluate, train  # noqa: E402
 from pf_envs import zoo  # noqa: E402
-from pf_envs.data import cache_dir, load_dataset  # noqa: E402
+from pf_envs.data import DataError, cache_dir, load_dataset  # noqa: E402
 
 
 def _field_help() -> dict[str, str]:
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init", default=None,
                    help="start from this checkpoint's weights (a warm restart: e.g. --lr 0.01 --warmup-epochs 0)")
     args = p.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads {args.threads}: give a number of threads >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -75,14 +77,37 @@ def main(argv: list[str] | None = None) -> int:
     spec = zoo.get_spec(args.model)
     out = Path(args.out) if args.out else spec.checkpoint_path(args.dataset)
     work = Path(args.work) if args.work else cache_dir() / "train" / f"{out.stem}.state"
+    for flag, path in (("--out", out), ("--work", work)):
+        if path.is_dir():
+            p.error(f"{flag} {path} is a folder; give the path of a file (it may be inside that folder)")
+    if args.init and not Path(args.init).is_file():
+        p.error(f"--init {args.init}: no such checkpoint file")
+    try:
+        return _run(args, argv, cfg, spec, out, work)
+    except (DataError, zoo.CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, cfg: TrainConfig, spec: zoo.ModelSpec,
+         out: Path, work: Path) -> int:
+    """Train (or resume), save the checkpoint and its record. A refused training state
+    (ValueError) is reported here; DataError / CheckpointError propagate to :func:`main`."""
     work.parent.mkdir(parents=True, exist_ok=True)
     data = load_dataset(args.dataset, args.data_root)
     torch.manual_seed(cfg.seed)
+    parent_record = None
     if args.init:
         model = zoo.load(spec.name, args.dataset, checkpoint=args.init).train()
+        parent = Path(args.init).with_suffix(".json")
+        parent_record = zoo.read_record(parent) if parent.is_file() else None
     else:
         model = zoo.create_model(spec.name, args.dataset)
-    history = train(model, data.train, cfg, eval_data=data.val, state_path=work)
+    try:
+        history = train(model, data.train, cfg, eval_data=data.val, state_path=work)
+    except ValueError as exc:  # a refused training state: the message says to delete it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     model = model.float().to(memory_format=torch.contiguous_format)
     record = {
         "model": spec.name, "dataset": args.dataset,
@@ -92,9 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
     }
     if args.init:  # keep the provenance of the weights this run started from
-        parent = Path(args.init).with_suffix(".json")
-        record["init"] = {"checkpoint": str(args.init),
-                          "record": json.loads(parent.read_text()) if parent.is_file() else None}
+        record["init"] = {"checkpoint": str(args.init), "record": parent_record}
     zoo.save_checkpoint(model, out)
     reloaded = zoo.load(spec.name, args.dataset, checkpoint=out)  # accuracy of what ships (fp16)
     record["test_acc"] = evaluate(reloaded, data.test)

@@ -8,6 +8,11 @@
 Checkpoints are fp16 state dicts in ``pf_envs/zoo/checkpoints/`` with a JSON record beside
 each (how it was trained, its measured test accuracy). ImageNet models load torchvision's
 weights where a network is available, or a user's file.
+
+Checkpoints are read with ``weights_only=True`` (:func:`learners.safe_load.load_tensor_file`):
+a file holding anything but tensors is refused, never run. A checkpoint that is missing,
+corrupt, holds NaN/inf weights or does not fit the model raises :class:`CheckpointError`
+naming the file and what to do.
 """
 
 from __future__ import annotations
@@ -21,13 +26,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from learners.atomic import atomic_torch_save, atomic_write_text
+from learners.safe_load import TensorFileError, load_tensor_file
 from pf_envs.zoo.cifar import CifarResNet, MobileNetV1, MobileNetV2
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the model."""
+    """A checkpoint (or its JSON record) is missing, unreadable, corrupt, holds non-finite
+    weights or does not fit the model; the message names the file and what to do."""
+
+_RETRAIN = "download it again or train it again (scripts/train_base.py)"
 
 
 def _torchvision(name: str, weights: str | None = None) -> Callable[[int], nn.Module]:
@@ -128,27 +138,46 @@ def create_model(name: str, dataset: str = "cifar10", num_classes: int | None = 
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """Read a state dict from a file (plain, or wrapped as ``{"model": ...}``/``{"state_dict": ...}``)."""
+    """Read a state dict from a file (plain, or wrapped as ``{"model": ...}``/``{"state_dict": ...}``).
+
+    Only tensors, numbers, strings and containers of them are loaded (``weights_only=True``).
+    """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
         raise CheckpointError(
-            f"checkpoint {path} could not be read ({type(exc).__name__}: {exc}); it may be "
-            "truncated or corrupt: download or train it again (scripts/train_base.py)"
+            f"checkpoint {path} does not exist{' (it is a folder)' if path.is_dir() else ''}; "
+            "pass the path of a state-dict file"
+        )
+    try:
+        obj = load_tensor_file(path)
+    except PermissionError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read: permission denied; give this user read access"
         ) from exc
+    except TensorFileError as exc:
+        raise CheckpointError(f"checkpoint {path} could not be read: {exc.reason}; {_RETRAIN}") from None
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"checkpoint {path} does not hold a state dict of tensors")
+        raise CheckpointError(
+            f"checkpoint {path} does not hold a state dict of tensors (a dict of parameter name "
+            f"-> tensor); {_RETRAIN}"
+        )
     return obj
 
 
+def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
+    return [
+        k for k, v in state.items()
+        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())
+    ]
+
+
 def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
-    """Copy ``state`` into ``model`` in fp32; any missing, extra or misshapen key is an error."""
+    """Copy ``state`` into ``model`` in fp32; any missing, extra or misshapen key, or any
+    NaN/inf in a floating-point tensor, is an error naming ``source``."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -156,7 +185,15 @@ def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], sourc
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"checkpoint {source} does not fit {type(model).__name__}: "
-            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}"
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong[:5]}; "
+            "pass the checkpoint of this model (and dataset / num_classes)"
+        )
+    bad = non_finite_tensors(state)
+    if bad:
+        raise CheckpointError(
+            f"checkpoint {source} holds NaN or infinite values in {len(bad)} tensor(s) "
+            f"{bad[:5]}{' ...' if len(bad) > 5 else ''}: the training that wrote it diverged "
+            f"or the file was damaged; {_RETRAIN} (e.g. with a lower --lr)"
         )
     model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
     return model
@@ -209,21 +246,68 @@ def load(
 
 
 def checkpoint_record(name: str, dataset: str = "cifar10") -> dict | None:
-    """The JSON training record beside a shipped checkpoint (command, epochs, seed, accuracy)."""
+    """The JSON training record beside a shipped checkpoint (command, epochs, seed, accuracy),
+    or None where there is none.
+
+    Raises:
+        CheckpointError: the record is not valid JSON or not a JSON object.
+    """
     path = get_spec(name).checkpoint_path(dataset).with_suffix(".json")
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    return read_record(path)
+
+
+def read_record(path: str | os.PathLike[str]) -> dict:
+    """A checkpoint's JSON record (an object), or :class:`CheckpointError` saying what is wrong."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(
+            f"the checkpoint record {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+            "restore it (git checkout) or write it again (scripts/train_base.py)"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(
+            f"the checkpoint record {path} is not valid JSON ({exc.msg} at line {exc.lineno}, "
+            f"column {exc.colno}); restore it (git checkout) or write it again (scripts/train_base.py)"
+        ) from None
+    if not isinstance(record, dict):
+        raise CheckpointError(
+            f"the checkpoint record {path} holds a JSON {type(record).__name__}, not an object; "
+            "restore it (git checkout) or write it again (scripts/train_base.py)"
+        )
+    return record
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str], record: dict | None = None) -> Path:
-    """Save ``model`` as an fp16 state dict (BN counters kept as they are) plus a JSON record."""
+    """Save ``model`` as an fp16 state dict (BN counters kept as they are) plus a JSON record,
+    each written atomically (a reader sees the old file or the new one, never half of one).
+
+    Raises:
+        CheckpointError: a weight is NaN or infinite (a diverged run is not saved), or a
+            float32 weight overflows fp16.
+        TypeError: ``record`` holds a value JSON cannot write (nothing is written then).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise CheckpointError(
+            f"not saving {path}: the model's {bad[:5]} hold NaN or infinite values (training "
+            "diverged); train again with a lower learning rate"
+        )
     state = {
         k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()
     }
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    if record is not None:
-        path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    overflow = non_finite_tensors(state)
+    if overflow:
+        raise CheckpointError(
+            f"not saving {path}: {overflow[:5]} exceed fp16's range (65504) and would load as "
+            "infinities; the weights are unusually large (check the training)"
+        )
+    text = json.dumps(record, indent=2) + "\n" if record is not None else None
+    atomic_torch_save(state, path)
+    if text is not None:
+        atomic_write_text(path.with_suffix(".json"), text)
     return path
