@@ -490,8 +490,11 @@ def _decode(samples: list[tuple[str, int]], size: int, split: str) -> dict[str, 
             img = img.resize((size, size), Image.BILINEAR)
         return np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)
 
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        images = list(pool.map(load, [p for p, _ in samples], chunksize=256))
+    pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1)
+    try:
+        images = list(pool.map(load, [p for p, _ in samples]))
+    finally:  # on a bad file, stop at once instead of decoding the rest first
+        pool.shutdown(wait=True, cancel_futures=True)
     return {"images": np.stack(images), "labels": np.asarray([y for _, y in samples], np.int64)}
 
 

@@ -180,6 +180,22 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_not_run(tmp_path):
     assert not marker.exists() and "refused" in str(err.value) and "weights_only" not in str(err.value)
 
 
+def test_a_planted_pickle_in_torchs_hub_cache_is_refused_and_not_run(tmp_path, monkeypatch):
+    """ImageNet models load torchvision's weights through torch.hub's download cache."""
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "hub"))
+    url = torchvision.models.ResNet18_Weights.IMAGENET1K_V1.url
+    cached_file = tmp_path / "hub" / "checkpoints" / Path(url).name
+    cached_file.parent.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    torch.save({"fc.weight": _PlantedCode(marker)}, cached_file)
+    with pytest.raises(zoo.CheckpointError) as err:
+        zoo.load("resnet18", "imagenet")
+    assert not marker.exists()
+    assert str(cached_file) in str(err.value) and "refused" in str(err.value) and "delete that file" in str(err.value)
+
+
 def test_a_planted_pickle_in_a_cache_file_is_recomputed_not_run(tmp_path, private_cache):
     from pf_envs.cache import cached
 

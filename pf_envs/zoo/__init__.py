@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from learners.atomic import atomic_torch_save, atomic_write_text
-from learners.safe_load import TensorFileError, load_tensor_file
+from learners.safe_load import TensorFileError, failure_reason, load_tensor_file
 from pf_envs.zoo.cifar import CifarResNet, MobileNetV1, MobileNetV2
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -229,13 +229,20 @@ def load(
 
         enum_name, member = spec.torchvision_weights[dataset].split(".")
         weights = getattr(getattr(torchvision.models, enum_name), member)
-        try:
-            state = weights.get_state_dict(progress=False)
-        except Exception as exc:
+        try:  # weights_only: a file planted in torch's hub cache is refused, never run
+            state = weights.get_state_dict(progress=False, weights_only=True, map_location="cpu")
+        except OSError as exc:  # no network, or the hub folder is not writable
             raise CheckpointError(
                 f"torchvision's {spec.torchvision_weights[dataset]} for {spec.name} could not "
                 f"be downloaded ({exc}); pass checkpoint=<your state-dict file>"
             ) from exc
+        except Exception as exc:  # noqa: BLE001 - the cached download is damaged or unsafe
+            cached_file = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+            raise CheckpointError(
+                f"torchvision's {spec.torchvision_weights[dataset]} for {spec.name} could not be "
+                f"read from {cached_file}: {failure_reason(exc)}; delete that file to download "
+                "it again, or pass checkpoint=<your state-dict file>"
+            ) from None
         return load_state_dict_into(model, state, spec.torchvision_weights[dataset]).eval()
     shipped = [f"{s.name}/{d}" for s in MODELS.values() for d in s.builders if s.has_checkpoint(d)]
     raise CheckpointError(
