@@ -15,9 +15,9 @@ images are cached as uint8 tensors under ``PF_CACHE_DIR`` (default
 The cache is keyed by the data files themselves: the relative name, size and modification
 time (ns) of every image file of an ImageFolder tree (or of torchvision's batch files), so
 adding, removing, replacing or touching an image rebuilds it. Walking the 60,000 files of
-CIFAR-10's JPEG tree for that key takes about half a second. :func:`load_dataset` shares a
-bundle within a process and checks the same key on every call, so it never hands back a
-bundle older than the files (see :func:`load_dataset`).
+CIFAR-10's JPEG tree for that key takes 0.5-1 s on two cores (more when they are busy).
+:func:`load_dataset` shares a bundle within a process and checks the same key on every
+call, so it never hands back a bundle older than the files.
 
 Nothing read here runs code: torchvision's CIFAR-10 batch files are pickles (that is the
 official format) and are read with an unpickler that only builds numpy arrays, strings,
@@ -512,7 +512,7 @@ def _scan_cifar10(found: tuple[str, Path]) -> _Cifar10Files:
     """Key the data by its files: relative name, size and mtime_ns of every image file of an
     ImageFolder tree (``train/`` and ``test/``), or of the six torchvision batch files. Any
     file added, removed, replaced or touched changes the key (the top folder's mtime does
-    not matter). About 0.5 s for the 60,000 JPEGs of CIFAR-10."""
+    not matter). 0.5-1 s for the 60,000 JPEGs of CIFAR-10 on two cores."""
     layout, folder = found
     lines = [layout, str(folder.resolve())]
     splits = None
@@ -716,7 +716,7 @@ def load_dataset(name: str, data_root: str | os.PathLike[str] | None = None) -> 
     """Load a dataset by name (``cifar10`` or ``imagenet``); shared within a process.
 
     The shared bundle is keyed by the data root *and* its files, checked on every call:
-    CIFAR-10 by the name, size and mtime of every image file (or batch file; about 0.5 s for
+    CIFAR-10 by the name, size and mtime of every image file (or batch file; 0.5-1 s for
     the JPEG tree, milliseconds for torchvision's batch files), ImageNet by the mtimes of its
     class folders (its images are read when batches are drawn). When the files changed, the
     dataset is loaded again (decoded once more) and replaces the old bundle, so a caller
