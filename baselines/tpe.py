@@ -85,6 +85,36 @@ def retry_storage_race(open_fn: Callable[[], T], attempts: int = 8) -> T:
     raise AssertionError("unreachable")
 
 
+def open_study(storage: str, study_name: str, sampler: Any, default: bool) -> Any:
+    """Create or load the study (maximising), serialised and retried against other processes.
+
+    Raises:
+        ValueError: the storage cannot be opened (a damaged or foreign ``optuna.db``, a
+            wrong URL), naming it and saying what to do.
+    """
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with storage_creation_lock(storage):
+            return retry_storage_race(lambda: optuna.create_study(
+                study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
+            ))
+    except (SQLAlchemyError, ValueError, RuntimeError, OSError) as exc:
+        reason = str(exc).splitlines()[0]
+        path = _sqlite_path(storage)
+        if default and path is not None:
+            raise ValueError(
+                f"cannot open the TPE study in {path} ({reason}): the file is damaged or not an Optuna "
+                "database. Delete it (the study is rebuilt from the run's records on --resume), or pass "
+                "--storage with another database"
+            ) from exc
+        raise ValueError(
+            f"cannot open the TPE study {study_name!r} in --storage {storage} ({reason}): check the URL, the "
+            "server, and that the file is an Optuna database"
+        ) from exc
+
+
 class TPEAgent(BlackBoxAgent):
     name = "tpe"
     DEFAULTS: ClassVar[dict[str, Any]] = {
@@ -103,10 +133,7 @@ class TPEAgent(BlackBoxAgent):
             seed=self.seed, n_startup_trials=int(self.config["n_startup_trials"]),
             multivariate=bool(self.config["multivariate"]),
         )
-        with storage_creation_lock(storage):
-            study = retry_storage_race(lambda: optuna.create_study(
-                study_name=study_name, storage=storage, sampler=sampler, direction="maximize", load_if_exists=True
-            ))
+        study = open_study(storage, study_name, sampler, default=not self.config["storage"])
         dists: dict[str, BaseDistribution] = {f"a{i}": FloatDistribution(-1.0, 1.0) for i in range(self.steps)}
         run = self.run_dir.name
         # Reconcile with the records: trials of this run that were cut short are failed, and

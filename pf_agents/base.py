@@ -45,6 +45,11 @@ class EpisodeRecorder(gym.Wrapper):
     ``on_episode(record)`` receives a dict with the episode index, its seed, the reward,
     raw and applied actions (per step), the final ``info`` and the wall time. Dry-run
     episodes (``reset(options={"dry_run": True})``) are neither reseeded nor reported.
+
+    :meth:`replay` queues recorded episodes that an agent resumed from an older state has
+    to see again (a learning agent killed between an episode's record and its own save):
+    each is played as a free dry run with the recorded actions, its last step returns the
+    recorded reward and final info, and it is neither reported nor counted again.
     """
 
     def __init__(self, env: gym.Env, seed: int, budget: EpisodeBudget, on_episode: Callable[[dict], None]) -> None:
@@ -53,7 +58,21 @@ class EpisodeRecorder(gym.Wrapper):
         self.budget = budget
         self.on_episode = on_episode
         self.agent_info: dict[str, Any] = {}
+        self._replay: list[dict[str, Any]] = []
+        self._replaying: dict[str, Any] | None = None
+        #: replayed steps where the agent asked for another action than the recorded one
+        self.replay_mismatches = 0
         self._reset_episode(None, False)
+
+    def replay(self, records: list[dict[str, Any]]) -> None:
+        """Queue recorded episodes (records of this run, in order) to be replayed before any
+        new episode is played; see the class docstring."""
+        self._replay = [dict(r) for r in records]
+
+    @property
+    def pending_replays(self) -> int:
+        """Recorded episodes still to be replayed (the one in progress included)."""
+        return len(self._replay)
 
     def _reset_episode(self, seed: int | None, dry: bool) -> None:
         self._seed, self._dry = seed, dry
@@ -64,12 +83,44 @@ class EpisodeRecorder(gym.Wrapper):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         dry = bool((options or {}).get("dry_run", False))
+        self._replaying = None
+        if not dry and self._replay:
+            self._replaying = self._replay[0]
+            seed = self._replaying.get("seed")
+            self._reset_episode(seed, True)
+            return self.env.reset(seed=seed, options={**(options or {}), "dry_run": True})
         if not dry:
             seed = episode_seed(self.run_seed, self.budget.done)
         self._reset_episode(seed, dry)
         return self.env.reset(seed=seed, options=options)
 
+    def _replay_step(self, action):
+        rec = self._replaying
+        assert rec is not None
+        t = len(self._raw)
+        recorded = float(rec["raw_actions"][t])
+        asked = float(np.clip(np.asarray(action, np.float64).reshape(-1)[0], -1.0, 1.0))
+        if abs(asked - recorded) > 1e-5:
+            self.replay_mismatches += 1
+        obs, _, terminated, truncated, info = self.env.step(np.array([recorded], np.float32))
+        self._raw.append(info.get("raw_action"))
+        want = rec["applied"][t] if t < len(rec["applied"]) else None
+        if want is not None and info.get("applied") is not None and abs(float(info["applied"]) - float(want)) > 1e-6:
+            raise ValueError(
+                f"replaying recorded episode {rec['episode']} at step {t}: the env applies {info['applied']} where "
+                f"the record says {want}, so it is not the env the run was recorded with; resume with the recorded "
+                "env settings or start a new run"
+            )
+        if not (terminated or truncated):
+            return obs, 0.0, terminated, truncated, info
+        self._replay.pop(0)
+        self._replaying = None
+        info = {**info, **rec.get("info", {}), "dry_run": False, "replayed": True}
+        return obs, float(rec["reward"]), terminated, truncated, info
+
     def step(self, action):
+        if self._replaying is not None:
+            return self._replay_step(action)
         obs, reward, terminated, truncated, info = self.env.step(action)
         self._raw.append(info.get("raw_action"))
         self._applied.append(info.get("applied"))

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import pf_envs
+    from pf_agents.records import RunLockedError, RunWriteError
     from pf_agents.search import search
 
     if args.threads:
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             run_name=args.run_name, resume=args.resume, env_kwargs=args.env_kwargs,
             agent_kwargs=agent_kwargs, progress=not args.no_progress,
         )
-    except (FileExistsError, FileNotFoundError, TypeError, ValueError) as exc:
+    except (FileExistsError, FileNotFoundError, TypeError, ValueError, RunLockedError, RunWriteError) as exc:
+        # every refusal and damaged or unwritable run folder: one sentence, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     best = result.best

@@ -14,15 +14,19 @@
 - training once per episode, one gradient step per transition collected;
 - separate actor and critic learning rates (SB3 uses one for both).
 
-:class:`DDPGAgent` runs it inside the search harness and saves the model and the replay
-buffer after every episode's update, so a killed search resumes where it stopped.
+:class:`DDPGAgent` runs it inside the search harness and saves the networks, optimizer
+states, replay buffer, counters and random streams after every episode's update (as tensors,
+plain arrays and JSON: nothing loaded can run code), so a killed search resumes exactly where
+it stopped (see :class:`SB3Agent`).
 :class:`SB3Agent` runs any other SB3 off-policy algorithm (TD3, SAC) on the same env.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import random
+import time
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,7 +38,9 @@ from stable_baselines3.common.buffers import ReplayBuffer
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.utils import update_learning_rate
 
+from learners.atomic import atomic_torch_save, atomic_write, atomic_write_text, remove_stale_temporaries
 from pf_agents.base import Agent
+from pf_agents.records import write_error
 
 
 class BaselineReplayBuffer(ReplayBuffer):
@@ -131,7 +137,7 @@ class AMCDDPG(DDPG):
             for pos in self._episode_positions:
                 replay_buffer.rewards[pos] = final
             self._episode_positions = []
-            if isinstance(replay_buffer, BaselineReplayBuffer):  # pickled with it: a resume keeps it
+            if isinstance(replay_buffer, BaselineReplayBuffer):
                 replay_buffer.reward_baseline = self.reward_baseline
 
     def _update_learning_rate(self, optimizers) -> None:
@@ -140,30 +146,175 @@ class AMCDDPG(DDPG):
         update_learning_rate(self.actor.optimizer, self.actor_lr)
         update_learning_rate(self.critic.optimizer, self.critic_lr)
 
-    def _excluded_save_params(self) -> list[str]:
-        return [*super()._excluded_save_params(), "_episode_positions"]
+
+#: the agent's state in the run folder, saved after every episode's update. None of these
+#: runs code when loaded: tensors (``torch.load(weights_only=True)``), plain arrays
+#: (``np.load(allow_pickle=False)``) and JSON.
+POLICY_FILE = "agent_policy.pt"
+BUFFER_FILE = "agent_replay_buffer.npz"
+STATE_FILE = "agent_state.json"
+#: files of earlier versions (pickles: loading them can run code): never loaded
+LEGACY_FILES = ("agent_model.zip", "agent_replay_buffer.pkl")
+STATE_FORMAT = 2
+_BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+_OPTIMIZERS = ("actor.optimizer", "critic.optimizer", "ent_coef_optimizer")
+
+
+def _attr(obj: Any, dotted: str) -> Any:
+    for name in dotted.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+def _rng_state(model) -> dict[str, Any]:
+    """Every random stream the off-policy loop draws from, as JSON: numpy's global generator
+    (replay sampling, TD3 noise), Python's, the action space's (warm-up actions); torch's is
+    saved as a tensor beside the weights. (CUDA streams are not saved: on a GPU the resumed
+    run is equivalent, not bit-identical.)"""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    space = model.action_space.np_random.bit_generator.state
+    return {
+        "numpy": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+        "python": [version, list(internal), gauss_next],
+        "action_space": json.loads(json.dumps(space)),
+    }
+
+
+def _set_rng_state(model, state: dict[str, Any]) -> None:
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    model.action_space.np_random.bit_generator.state = state["action_space"]
+
+
+def save_agent(model, run_dir: Path, trained_rewards: list[float]) -> dict[str, Any]:
+    """Save an off-policy SB3 model's whole training state into ``run_dir``.
+
+    The replay buffer goes first (``agent_replay_buffer.npz``), then the networks, optimizer
+    states, torch RNG and the counters (``agent_policy.pt``: the commit point), then
+    ``agent_state.json`` (the same counters, for people and tools). Each file is replaced
+    atomically; a kill between two of them leaves a buffer at most one episode AHEAD of the
+    policy file, which :func:`load_agent` handles (the buffer's position comes from the
+    policy file, and the replayed episode rewrites the same slots). Returns the state.
+    """
+    buf = model.replay_buffer
+    g = int(model._episode_num)
+    n = buf.buffer_size if buf.full else buf.pos
+    arrays = {k: np.ascontiguousarray(getattr(buf, k)[:n]) for k in _BUFFER_ARRAYS
+              if getattr(buf, k, None) is not None}
+    arrays["episodes_trained"] = np.asarray(g)
+    atomic_write(run_dir / BUFFER_FILE, lambda tmp: np.savez(tmp, **arrays))
+    baseline = getattr(model, "reward_baseline", None)
+    state = {
+        "format": STATE_FORMAT, "algo": type(model).__name__, "episodes_trained": g,
+        "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
+        "progress_remaining": float(model._current_progress_remaining),
+        "reward_baseline": None if baseline is None else float(baseline),
+        "buffer_pos": int(buf.pos), "buffer_full": bool(buf.full),
+        "trained_rewards": [float(r) for r in trained_rewards[:g]],
+        "rng": _rng_state(model), "saved": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    optimizers = {k: o.state_dict() for k in _OPTIMIZERS if (o := _attr(model, k)) is not None}
+    log_ent_coef = getattr(model, "log_ent_coef", None)
+    payload = {
+        "state": json.dumps(state), "policy": model.policy.state_dict(), "optimizers": optimizers,
+        "log_ent_coef": None if log_ent_coef is None else log_ent_coef.detach().clone(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    atomic_torch_save(payload, run_dir / POLICY_FILE)
+    human = {k: v for k, v in state.items() if k != "rng"}
+    atomic_write_text(run_dir / STATE_FILE, json.dumps(human, indent=1) + "\n")
+    return state
+
+
+def load_agent(model, run_dir: Path) -> dict[str, Any]:
+    """Restore into ``model`` (built with the run's settings) what :func:`save_agent` wrote.
+    Nothing loaded can run code (``weights_only=True``, ``allow_pickle=False``, JSON).
+
+    Raises:
+        ValueError: a file is damaged or does not fit the model (names the files).
+    """
+    policy_path, buffer_path = run_dir / POLICY_FILE, run_dir / BUFFER_FILE
+    payload = torch.load(policy_path, map_location=model.device, weights_only=True)
+    state = json.loads(payload["state"])
+    if state.get("format") != STATE_FORMAT or state.get("algo") != type(model).__name__:
+        raise ValueError(f"{policy_path} holds {state.get('algo')} state format {state.get('format')}, "
+                         f"not {type(model).__name__} format {STATE_FORMAT}")
+    model.policy.load_state_dict(payload["policy"])
+    for key, opt_state in payload["optimizers"].items():
+        optimizer = _attr(model, key)
+        if optimizer is None:
+            raise ValueError(f"{policy_path} has a state for {key}, which this model does not have")
+        optimizer.load_state_dict(opt_state)
+    if payload.get("log_ent_coef") is not None:
+        with torch.no_grad():
+            model.log_ent_coef.copy_(payload["log_ent_coef"])
+    g = int(state["episodes_trained"])
+    buf = model.replay_buffer
+    with np.load(buffer_path, allow_pickle=False) as z:
+        if int(z["episodes_trained"]) < g:
+            raise ValueError(
+                f"{buffer_path} holds {int(z['episodes_trained'])} episodes, older than {policy_path} ({g})"
+            )
+        n = buf.buffer_size if state["buffer_full"] else int(state["buffer_pos"])
+        for key in _BUFFER_ARRAYS:
+            target = getattr(buf, key, None)
+            if target is None:
+                continue
+            data = z[key]
+            if data.shape[1:] != target.shape[1:] or len(data) < n or len(data) > len(target):
+                raise ValueError(f"{buffer_path}: {key} has shape {data.shape}, the model's buffer "
+                                 f"{target.shape} with {n} transitions")
+            target[: len(data)] = data
+    buf.pos, buf.full = int(state["buffer_pos"]), bool(state["buffer_full"])
+    model.num_timesteps = int(state["num_timesteps"])
+    model._episode_num = g
+    model._n_updates = int(state["n_updates"])
+    model._current_progress_remaining = float(state["progress_remaining"])
+    if state.get("reward_baseline") is not None:
+        model.reward_baseline = float(state["reward_baseline"])
+        if isinstance(buf, BaselineReplayBuffer):
+            buf.reward_baseline = model.reward_baseline
+    torch.set_rng_state(payload["torch_rng"])
+    _set_rng_state(model, state["rng"])
+    return state
 
 
 class _SaveEachEpisode(BaseCallback):
-    """Saves model + replay buffer once an episode's update is done (at the next rollout's
-    start). ``learn`` is given exactly the remaining episodes' steps, so it ends on its own
-    after the last episode has been stored and trained on."""
+    """Saves the agent once an episode's update is done (at the next rollout's start), and
+    notes each episode's reward as the agent sees it. ``learn`` is given exactly the
+    remaining episodes' steps, so it ends on its own after the last episode has been stored
+    and trained on."""
 
     def __init__(self, agent: SB3Agent) -> None:
         super().__init__()
         self.agent = agent
 
     def _on_rollout_start(self) -> None:
-        if self.model._episode_num > 0:
+        if self.model._episode_num > self.agent.saved_episodes:
             self.agent.save()
 
     def _on_step(self) -> bool:
+        if self.locals["dones"][0]:
+            self.agent.trained_rewards.append(float(self.locals["rewards"][0]))
         return True
 
 
 class SB3Agent(Agent):
     """Any stable-baselines3 off-policy algorithm (TD3, SAC) on the env, unchanged, with
-    warm-up episodes and training once per episode."""
+    warm-up episodes and training once per episode.
+
+    Resume: the run's records are the source of truth. The agent state saved after each
+    episode's update (:func:`save_agent`) is restored, and recorded episodes it had not yet
+    trained on (a kill between the record and the save) are replayed to it as free dry runs
+    with the recorded actions and rewards (:meth:`EpisodeRecorder.replay`), with their
+    training updates; with no saved state the agent is rebuilt from all the records. Every
+    random stream is restored, so a resumed run plays what an uninterrupted one would have.
+    """
 
     name = "sb3"
     ALGOS: ClassVar[dict[str, type]] = {"td3": TD3, "sac": SAC}
@@ -172,6 +323,13 @@ class SB3Agent(Agent):
         "batch_size": 64, "gamma": 1.0, "tau": 0.01, "buffer_size": 100_000, "action_noise_sigma": 0.3,
         "device": "cpu",
     }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: rewards of the episodes the agent has collected, in order (recorded ones included)
+        self.trained_rewards: list[float] = []
+        #: episodes trained on at the last save
+        self.saved_episodes = 0
 
     def _algo_kwargs(self) -> dict[str, Any]:
         c = self.config
@@ -194,61 +352,77 @@ class SB3Agent(Agent):
             raise ValueError(f"unknown SB3 algorithm {algo!r}; choose one of {sorted(self.ALGOS)}")
         return self.ALGOS[algo]
 
-    @property
-    def model_path(self) -> Path:
-        return self.run_dir / "agent_model.zip"
-
-    @property
-    def buffer_path(self) -> Path:
-        return self.run_dir / "agent_replay_buffer.pkl"
-
     def save(self) -> None:
-        """Write model, replay buffer and a small state file, each to a temporary file first
-        and then renamed over the last one: a kill while saving (a replay buffer takes a
-        moment to pickle) leaves the previous complete files, never a truncated one."""
-        buffer_tmp = self.run_dir / f"agent_replay_buffer.tmp{os.getpid()}.pkl"
-        model_tmp = self.run_dir / f"agent_model.tmp{os.getpid()}.zip"
-        state_tmp = self.run_dir / f"agent_state.tmp{os.getpid()}.json"
-        self.model.save_replay_buffer(buffer_tmp)
-        self.model.save(model_tmp)
-        state_tmp.write_text(json.dumps({"episodes_trained": int(self.model._episode_num),
-                                         "num_timesteps": int(self.model.num_timesteps)}))
-        os.replace(buffer_tmp, self.buffer_path)
-        os.replace(model_tmp, self.model_path)
-        os.replace(state_tmp, self.run_dir / "agent_state.json")
+        """Save the agent's state (:func:`save_agent`).
 
-    def _check_buffer(self, model) -> None:
-        """Hook: refuse a replay buffer this agent cannot continue from."""
+        Raises:
+            RunWriteError: the run folder cannot be written (disk full, read-only).
+        """
+        try:
+            save_agent(self.model, self.run_dir, self.trained_rewards)
+        except OSError as exc:
+            raise write_error(self.run_dir / POLICY_FILE, exc, "(the agent's state)") from exc
+        self.saved_episodes = int(self.model._episode_num)
+
+    def _check_legacy(self) -> None:
+        """Refuse to resume from the pickled state of earlier versions (never loaded)."""
+        legacy = [self.run_dir / f for f in LEGACY_FILES if (self.run_dir / f).exists()]
+        if legacy and not (self.run_dir / POLICY_FILE).exists():
+            raise ValueError(
+                f"{', '.join(str(p) for p in legacy)}: agent state in an older, unsafe format (pickle, which "
+                "can run code when loaded), so it is not loaded. Delete it to continue this run: the agent "
+                f"is then rebuilt from the run's records ({self.run_dir / 'episodes.jsonl'}, replayed as free "
+                "dry runs with their training updates); or start a new run (--run-name / another --logdir)"
+            )
 
     def _build(self):
-        cls = self._algo_class()
-        for stale in self.run_dir.glob("agent_*.tmp*"):  # left by a kill while saving
-            stale.unlink(missing_ok=True)
-        if self.history and self.model_path.is_file():
-            try:
-                model = cls.load(self.model_path, env=self.env, device=self.config["device"])
-                if self.buffer_path.is_file():
-                    model.load_replay_buffer(self.buffer_path)
-                    self._check_buffer(model)
-            except Exception as exc:  # damaged files (e.g. written by another program or disk trouble)
-                raise ValueError(
-                    f"cannot resume the agent from {self.model_path} / {self.buffer_path} ({exc}); delete "
-                    "both to resume the run's records with a fresh agent, or start a new run"
-                ) from exc
-            return model, False
+        """The model, and how many recorded episodes it has already trained on."""
+        remove_stale_temporaries(self.run_dir, "agent_*")  # left by a kill while saving
+        self._check_legacy()
         torch.manual_seed(self.seed)
-        return cls("MlpPolicy", self.env, **self._algo_kwargs()), True
+        model = self._algo_class()("MlpPolicy", self.env, **self._algo_kwargs())
+        if not self.history or not (self.run_dir / POLICY_FILE).exists():
+            return model, 0
+        files = f"{self.run_dir / POLICY_FILE} / {self.run_dir / BUFFER_FILE}"
+        try:
+            state = load_agent(model, self.run_dir)
+        except Exception as exc:  # damaged files (another program, disk trouble) or a planted one
+            raise ValueError(
+                f"cannot resume the agent from {files} ({type(exc).__name__}: {exc}); delete both (and "
+                f"{STATE_FILE}) to rebuild the agent from the run's records (they are replayed as free dry "
+                "runs with their training updates), or start a new run"
+            ) from exc
+        g = int(state["episodes_trained"])
+        recorded = [float(np.float32(e["reward"])) for e in self.history[:g]]
+        if g > len(self.history) or recorded != [float(np.float32(r)) for r in state["trained_rewards"]]:
+            warnings.warn(
+                f"the agent state in {files} was trained on {g} episodes that are not this run's first "
+                f"{g} records (records: {len(self.history)}); rebuilding the agent from the records",
+                stacklevel=2,
+            )
+            torch.manual_seed(self.seed)
+            return self._algo_class()("MlpPolicy", self.env, **self._algo_kwargs()), 0
+        self.trained_rewards = list(state["trained_rewards"])
+        self.saved_episodes = g
+        return model, g
 
     def run(self) -> None:
-        self.model, fresh = self._build()
-        steps = self.budget.remaining * self.steps
-        if steps <= 0:
+        self.model, trained = self._build()
+        self.env.replay(self.history[trained:])
+        episodes = self.budget.remaining + self.env.pending_replays
+        if episodes <= 0:
             return
         self.model.learn(
-            total_timesteps=steps, callback=_SaveEachEpisode(self), reset_num_timesteps=fresh,
+            total_timesteps=episodes * self.steps, callback=_SaveEachEpisode(self), reset_num_timesteps=trained == 0,
             tb_log_name="sb3", progress_bar=False,
         )
         self.save()
+        if self.env.replay_mismatches:
+            warnings.warn(
+                f"{self.env.replay_mismatches} replayed step(s) differed from the recorded actions (another "
+                "machine or library version computes slightly differently); the recorded ones were used",
+                stacklevel=2,
+            )
 
 
 class DDPGAgent(SB3Agent):
@@ -277,13 +451,6 @@ class DDPGAgent(SB3Agent):
 
     def _algo_class(self) -> type:
         return AMCDDPG
-
-    def _check_buffer(self, model) -> None:
-        if not isinstance(model.replay_buffer, BaselineReplayBuffer):
-            raise ValueError(
-                "the replay buffer was written by an earlier version that stored baseline-shifted "
-                "rewards (AMCDDPG now stores raw episode rewards and subtracts the baseline when sampling)"
-            )
 
     def _algo_kwargs(self) -> dict[str, Any]:
         c = self.config

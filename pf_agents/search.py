@@ -64,6 +64,18 @@ def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     return gym.make(env_id, **(env_kwargs or {}))
 
 
+def env_fingerprints(instance: gym.Env) -> tuple[str | None, str | None]:
+    """``(model_fingerprint, recovery_fingerprint)`` of a pocketflow-gym env (what the run
+    folder records to refuse a resume against other weights or another reward recipe);
+    ``(None, None)`` for a foreign Gymnasium env."""
+    from pf_envs.core import CompressionEnv
+
+    env = instance.unwrapped
+    if isinstance(env, CompressionEnv):
+        return env.model_fingerprint, env.recovery_fingerprint
+    return None, None
+
+
 def default_run_name(env_id: str, agent: str, seed: int) -> str:
     return f"{env_id}__{agent}__seed{seed}"
 
@@ -98,8 +110,15 @@ def search(
 
     Raises:
         ValueError: unknown env id or agent, or resuming with other settings or against
-            other base-model weights than the run was recorded with.
-        FileExistsError: the run folder holds a run and ``resume`` is false.
+            other base-model weights than the run was recorded with;
+            :class:`~pf_agents.records.DamagedRunError` (a ValueError): damaged config or
+            records, naming the file and line.
+        TypeError: unknown agent setting.
+        FileExistsError: the run folder holds a run and ``resume`` is false, or holds records
+            without a config.
+        FileNotFoundError: ``resume`` but nothing to resume.
+        RunLockedError: another process is writing this run folder.
+        RunWriteError: the run folder cannot be written (disk full, read-only).
     """
     if int(episodes) != episodes or episodes < 1:
         raise ValueError(f"episodes must be a positive integer, got {episodes!r}")
@@ -122,49 +141,62 @@ def search(
         "agent_kwargs": {**agent_cls.DEFAULTS, **agent_kwargs}, "seed": int(seed), "episodes": int(episodes),
         "run_dir": str(run_dir), "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
-    record = RunRecord.create(run_dir, config, resume)
+    # Takes the run folder's lock first: from here on this process is its only writer.
+    record = RunRecord.open(run_dir, config, resume)
     budget = EpisodeBudget(done=len(record.episodes), total=int(episodes))
-    if budget.exhausted:
-        return SearchResult(run_dir, record.best, record.episodes)
-
-    instance = make_env(env_id, env_kwargs) if isinstance(env, str) else env
-    try:
-        record.check_base_model(getattr(instance.unwrapped, "model_fingerprint", None))
-        record.check_recovery(getattr(instance.unwrapped, "recovery_fingerprint", None))
-    except ValueError:
-        if isinstance(env, str):
-            instance.close()
-        raise
-    from pf_agents.tensorboard import CompressionLogger
-
-    logger = CompressionLogger(run_dir, {k: v for k, v in config.items() if k != "started"})
+    instance: gym.Env | None = None
+    logger = None
     bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=budget.total, initial=budget.done, desc=f"{agent} on {env_id}", unit="ep", dynamic_ncols=True)
-
-    def on_episode(rec: dict[str, Any]) -> None:
-        rec["agent"] = agent
-        record.append(rec)
-        assert record.best is not None
-        best = record.best["reward"]
-        logger.episode(rec, best)
-        if bar is not None:
-            bar.set_postfix(best=f"{best:.4f}", last=f"{rec['reward']:.4f}", s_per_ep=f"{rec['wall_time_s']:.1f}")
-            bar.update(1)
-
-    recorder = EpisodeRecorder(instance, int(seed), budget, on_episode)
     try:
+        if budget.exhausted:
+            return SearchResult(run_dir, record.best, record.episodes)
+        # The env is built and checked before config.json is written: a start that fails
+        # (bad env kwargs, missing data, another base model) leaves no run to refuse the
+        # corrected command.
+        instance = make_env(env_id, env_kwargs) if isinstance(env, str) else env
+        model_fp, recovery_fp = env_fingerprints(instance)
+        record.check_env(model=model_fp, recovery=recovery_fp)
+        record.start()
+        from pf_agents.tensorboard import CompressionLogger
+
+        logger = CompressionLogger(run_dir, {k: v for k, v in config.items() if k != "started"})
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=budget.total, initial=budget.done, desc=f"{agent} on {env_id}", unit="ep",
+                       dynamic_ncols=True)
+
+        def on_episode(rec: dict[str, Any]) -> None:
+            rec["agent"] = agent
+            record.append(rec)
+            assert record.best is not None and logger is not None
+            best = record.best["reward"]
+            logger.episode(rec, best)
+            if bar is not None:
+                bar.set_postfix(best=f"{best:.4f}", last=f"{rec['reward']:.4f}", s_per_ep=f"{rec['wall_time_s']:.1f}")
+                bar.update(1)
+
+        recorder = EpisodeRecorder(instance, int(seed), budget, on_episode)
         runner = agent_cls(recorder, seed=int(seed), run_dir=run_dir, history=list(record.episodes),
                            budget=budget, **agent_kwargs)
         runner.run()
+    except BaseException:
+        if bar is not None:
+            bar.close()
+            bar = None
+        if logger is not None:
+            logger.close(None)
+            logger = None
+        record.discard()  # a new run that recorded nothing: leave no folder behind
+        raise
     finally:
         if bar is not None:
             bar.close()
-        logger.close(record.best["reward"] if record.best else None)
-        if isinstance(env, str):
+        if logger is not None:
+            logger.close(record.best["reward"] if record.best else None)
+        if isinstance(env, str) and instance is not None:
             instance.close()
+        record.close()
     return SearchResult(run_dir, record.best, record.episodes)
 
 

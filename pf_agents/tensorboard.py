@@ -12,12 +12,38 @@ DDPG/TD3/SAC also write SB3's own ``train/*`` losses under ``<run>/sb3_1``.
 
 from __future__ import annotations
 
+import threading
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pf_agents.records import write_error
+
 METRICS = ("accuracy", "flops_ratio", "params_ratio")
+
+
+_hook_installed = False
+
+
+def _quiet_event_writer_errors() -> None:
+    """TensorBoard writes event files in a background thread; a failed write (disk full)
+    kills that thread with a traceback on stderr and is raised again in the main thread by
+    the next call, where :class:`CompressionLogger` turns it into one sentence. This hook
+    keeps the thread's traceback off stderr (other threads' errors are reported as before)."""
+    global _hook_installed
+    if _hook_installed:
+        return
+    previous = threading.excepthook
+
+    def hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, OSError) and type(args.thread).__name__ == "_AsyncWriterThread":
+            return
+        previous(args)
+
+    threading.excepthook = hook
+    _hook_installed = True
 
 
 class CompressionLogger:
@@ -26,11 +52,29 @@ class CompressionLogger:
     def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.writer = SummaryWriter(log_dir=str(run_dir))
-        self.config = config
-        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()), 0)
+        _quiet_event_writer_errors()
+        self.run_dir = Path(run_dir)
+        self.failed = False
+        try:
+            self.writer = SummaryWriter(log_dir=str(run_dir))
+            self.config = config
+            self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()), 0)
+        except OSError as exc:
+            raise write_error(self.run_dir, exc, "(TensorBoard curves)") from exc
 
     def episode(self, record: dict[str, Any], best_reward: float) -> None:
+        """Write one episode's curves.
+
+        Raises:
+            RunWriteError: the event file cannot be written (disk full, read-only).
+        """
+        try:
+            self._episode(record, best_reward)
+        except OSError as exc:
+            self.failed = True
+            raise write_error(self.run_dir, exc, "(TensorBoard curves)") from exc
+
+    def _episode(self, record: dict[str, Any], best_reward: float) -> None:
         ep = int(record["episode"])
         w = self.writer
         w.add_scalar("compress/reward", record["reward"], ep)
@@ -51,7 +95,14 @@ class CompressionLogger:
         w.flush()
 
     def close(self, best_reward: float | None) -> None:
-        if best_reward is not None:
-            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self.config.items()}
-            self.writer.add_hparams(hparams, {"hparam/best_reward": best_reward}, run_name="hparams")
-        self.writer.close()
+        """Write the hyper-parameters with the best reward and close the event file; a write
+        failure here (disk full) is not raised: the run's records are already complete."""
+        if self.failed:  # the writer thread is dead and the error already reported
+            return
+        try:
+            if best_reward is not None:
+                hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self.config.items()}
+                self.writer.add_hparams(hparams, {"hparam/best_reward": best_reward}, run_name="hparams")
+            self.writer.close()
+        except OSError as exc:
+            warnings.warn(f"TensorBoard curves in {self.run_dir} not closed cleanly: {exc}", stacklevel=2)
