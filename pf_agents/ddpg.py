@@ -279,7 +279,7 @@ def load_agent(model, run_dir: Path) -> dict[str, Any]:
         model.reward_baseline = float(state["reward_baseline"])
         if isinstance(buf, BaselineReplayBuffer):
             buf.reward_baseline = model.reward_baseline
-    torch.set_rng_state(payload["torch_rng"])
+    torch.set_rng_state(payload["torch_rng"].cpu())
     _set_rng_state(model, state["rng"])
     return state
 
@@ -378,7 +378,8 @@ class SB3Agent(Agent):
     def _build(self):
         """The model, and how many recorded episodes it has already trained on."""
         remove_stale_temporaries(self.run_dir, "agent_*")  # left by a kill while saving
-        self._check_legacy()
+        if self.history:
+            self._check_legacy()
         torch.manual_seed(self.seed)
         model = self._algo_class()("MlpPolicy", self.env, **self._algo_kwargs())
         if not self.history or not (self.run_dir / POLICY_FILE).exists():
