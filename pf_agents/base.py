@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -198,6 +199,35 @@ class Agent:
         raise NotImplementedError
 
 
+@dataclass
+class PlayedEpisode:
+    """One episode played from a fixed action vector (:func:`play_episode`)."""
+
+    reward: float
+    info: dict[str, Any]
+    applied: list[float]
+    clamped_any: bool
+
+
+def play_episode(
+    env: gym.Env, actions: Sequence[float] | np.ndarray, *, dry_run: bool = False, seed: int | None = None
+) -> PlayedEpisode:
+    """Play ``actions[t]`` at step ``t`` until the episode ends: the one loop every black-box
+    agent, baseline and benchmark uses. A dry run (``dry_run=True``) scores nothing and is free:
+    the final info still has the applied policy and its cost ratio, and ``clamped_any`` says
+    whether the budget clamp cut any step."""
+    env.reset(seed=seed, options={"dry_run": True} if dry_run else None)
+    applied: list[float] = []
+    clamped = False
+    for a in np.asarray(actions, np.float32).reshape(-1):
+        _, reward, terminated, truncated, info = env.step(np.array([a], np.float32))
+        applied.append(info.get("applied"))
+        clamped = clamped or bool(info.get("clamped", False))
+        if terminated or truncated:
+            return PlayedEpisode(float(reward), info, applied, clamped)
+    raise ValueError(f"the episode did not end after {len(applied)} actions")
+
+
 class BlackBoxAgent(Agent):
     """An agent that proposes a whole per-step action vector and plays it as one episode."""
 
@@ -215,12 +245,8 @@ class BlackBoxAgent(Agent):
             raise ValueError(f"expected {self.steps} actions, got {len(actions)}")
         for attempt in range(self.retries + 1):
             try:
-                self.env.reset(options={"dry_run": True} if dry_run else None)
-                for a in actions:
-                    _, reward, terminated, truncated, info = self.env.step(np.array([a], np.float32))
-                    if terminated or truncated:
-                        return float(reward), info
-                raise ValueError(f"the episode did not end after {self.steps} steps")
+                played = play_episode(self.env, actions, dry_run=dry_run)
+                return played.reward, played.info
             except RuntimeError as exc:
                 if attempt == self.retries:
                     raise

@@ -1,33 +1,47 @@
-"""The environment core shared by every compression method.
+"""The environment core shared by every compression method: the episode and the budget.
 
-An episode walks the model's compression units (layers, or groups of coupled layers) in a
-fixed order, one step each. The agent's action in ``[-1, 1]`` is mapped to the method's
-range (keep ratio, sparsity, bits), clamped so that the budget stays reachable, rounded,
-and applied; the applied value is what the next observation and ``info`` report. The
-reward is 0 until the last step, where the candidate is built, recovered and scored.
+An episode walks the method's compression units (layers, channel groups, a layer's weights
+or activations) in a fixed order, one step each. The agent's action in ``[-1, 1]`` is mapped
+linearly to the unit's value range (:class:`pf_envs.budget.UnitSpace`: keep ratio, sparsity,
+bits), rounded to the unit's grid, clamped so that the budget stays reachable
+(:func:`pf_envs.budget.clamp`, AMC's rule for any monotone :class:`pf_envs.budget.Cost`), and
+applied; the applied value is what the next observation and ``info`` report. The reward is 0
+until the last step, where the candidate is built, recovered and scored.
 
-Subclasses provide the units and their static features, the mapping and the clamp, and the
-evaluation of a finished policy; this class holds the Gymnasium contract: spaces, seeding,
-input checks, observations, ``info`` and the reward registry.
+A method (a subclass) provides, once, in ``__init__``: the units' value spaces, the cost,
+the budget and each unit's static features (:meth:`CompressionEnv._setup_budget`); and the
+scoring of a finished policy (:meth:`CompressionEnv._evaluate`). Optional hooks refine the
+rounding, the per-step and final ``info`` and the dynamic features. Environments on real
+models subclass :class:`pf_envs.model_env.ModelCompressionEnv`, which adds the model, the
+data, the baseline and the recovery. ``docs/environments.md`` ("Writing an environment")
+has a complete minimal example.
 
 Every step's ``info`` has ``raw_action`` (the agent's action, clipped to [-1, 1]),
-``applied`` (the value in the method's units after clamping and rounding) and
-``applied_action`` (that value mapped back to [-1, 1]: what a learning agent should store).
+``applied`` (the value after rounding and clamping), ``applied_action`` (that value mapped
+back to [-1, 1]: what a learning agent should store) and ``clamped`` (whether the budget cut
+the value asked for). The last step's ``info`` adds ``policy`` (every applied value),
+``cost_ratio`` (the policy's cost / the reference cost), ``budget``, ``cost_name``, the
+method's own keys (ChannelPrune: ``flops_ratio``, ``keep_ratios``, ...) and, unless the
+episode is a dry run, the measurements (``accuracy``, ``accuracy_original``, ``macs``,
+``flops_ratio``, ``params_ratio``, ``reward_components``, ...).
 
 ``reset(options={"dry_run": True})`` plays an episode without scoring it (reward 0.0, no
-``accuracy`` in ``info``): the final ``info`` still has the applied policy and its
-``flops_ratio``, so a baseline can search the budget geometry for free.
+``accuracy`` in ``info``): the final ``info`` still has the applied policy and its cost
+ratio, so a baseline can search the budget geometry for free.
 """
 
 from __future__ import annotations
 
-from typing import Any, SupportsFloat
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
 import torch
 from gymnasium import spaces
 
+from pf_envs.budget import Cost, UnitSpace, clamp, floor_ratio, policy_cost
 from pf_envs.heap import trim_heap
 from pf_envs.rewards import Measurements, get_reward
 
@@ -47,7 +61,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
 
 
-def check_kwargs(env_name: str, unknown: dict[str, Any], valid: list[str]) -> None:
+def check_kwargs(env_name: str, unknown: dict[str, Any], valid: Sequence[str]) -> None:
     """Reject unknown keyword arguments with the list of valid ones."""
     if unknown:
         raise TypeError(
@@ -66,66 +80,163 @@ def minmax(features: np.ndarray) -> np.ndarray:
 class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     """Base class: one step per compression unit, clamped actions, sparse final reward.
 
-    Subclasses set ``self._static`` (units x static features, already in [0, 1]) and
-    implement :meth:`_action_to_value`, :meth:`_apply`, :meth:`_dynamic_features`,
-    :meth:`_begin_episode` and :meth:`_evaluate`.
+    Subclasses call :meth:`_setup_budget` in ``__init__`` and implement :meth:`_evaluate`.
+
+    Attributes:
+        unit_spaces: each unit's :class:`~pf_envs.budget.UnitSpace`.
+        cost: the budgeted :class:`~pf_envs.budget.Cost`.
+        budget: the fraction of ``cost.reference`` a policy may keep.
+        applied / raw_actions: this episode's applied values and (clipped) actions so far.
+        model_fingerprint: SHA-1 prefix of the base model's weights (None: no model); the
+            search harness records it so that a run is never resumed against other weights.
+        recovery_fingerprint: SHA-1 prefix of every setting that decides the reward, and the
+            env's recipe version; the harness refuses to resume a run under another one.
+        last_timing: seconds spent in each phase of the last scored episode.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}
-    n_dynamic: int = 3
+    #: The budget's keyword argument (in error messages).
+    budget_kwarg: ClassVar[str] = "budget"
+    #: What bounds the cheap end of every unit (in error messages), e.g. ``min_keep``.
+    floor_kwarg: ClassVar[str] = "the smallest values"
+    #: Extra final-``info`` key holding ``cost_ratio`` (ChannelPrune: ``flops_ratio``).
+    ratio_key: ClassVar[str | None] = None
+    #: Names of the dynamic observation features (after the static ones).
+    DYNAMIC_FEATURES: ClassVar[tuple[str, ...]] = ("reduced", "rest", "prev_value")
+    #: Names of the static observation features, one per column of the static table.
+    STATIC_FEATURES: ClassVar[tuple[str, ...]] = ()
+
+    model_fingerprint: str | None = None
+    recovery_fingerprint: str | None = None
 
     def __init__(self, reward: str = "accuracy") -> None:
         super().__init__()
         self.reward_name = reward
         self._reward_fn = get_reward(reward)
+        self.unit_spaces: list[UnitSpace] = []
+        self.cost: Cost | None = None
+        self.budget = 1.0
         self._static: np.ndarray = np.zeros((1, 1), np.float32)
         self._t = 0
         self._done = True
         self._dry_run = False
         self.raw_actions: list[float] = []
         self.applied: list[float] = []
+        self.last_timing: dict[str, float] = {}
 
-    def _init_spaces(self) -> None:
-        n = self._static.shape[1] + self.n_dynamic
+    # -- set-up --------------------------------------------------------------------------------
+    def _setup_budget(
+        self, unit_spaces: Sequence[UnitSpace], cost: Cost, budget: float, static: np.ndarray | Sequence
+    ) -> None:
+        """Declare the units, the cost, the budget (a fraction of ``cost.reference``) and the
+        static features (one row per unit, raw: min-max normalised here).
+
+        Raises:
+            ValueError: the budget cannot be met even with every unit at its cheapest value.
+        """
+        static = np.asarray(static, np.float64)
+        if len(unit_spaces) == 0 or static.ndim != 2 or len(static) != len(unit_spaces):
+            raise ValueError(f"{type(self).__name__}: needs at least one unit and one static row per unit")
+        if self.STATIC_FEATURES and len(self.STATIC_FEATURES) != static.shape[1]:
+            raise ValueError(f"{type(self).__name__}: {static.shape[1]} static features per unit but "
+                             f"STATIC_FEATURES names {len(self.STATIC_FEATURES)}")
+        self.unit_spaces, self.cost, self.budget = list(unit_spaces), cost, float(budget)
+        floor = floor_ratio(cost, self.unit_spaces)
+        if floor > self.budget + 1e-9:
+            raise ValueError(
+                f"{self.budget_kwarg}={budget} is unreachable for {self._subject()}: with every unit at "
+                f"{self.floor_kwarg} the policy still keeps {floor:.3f} of its {cost.name}; choose "
+                f"{self.budget_kwarg} >= {math.ceil(floor * 1000) / 1000} or lower {self.floor_kwarg}"
+            )
+        self._static = minmax(static)
+        n = self._static.shape[1] + len(self.DYNAMIC_FEATURES)
         self.observation_space = spaces.Box(0.0, 1.0, (n,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def _subject(self) -> str:
+        return type(self).__name__
 
     @property
     def num_steps(self) -> int:
         """Steps per episode (compression units)."""
-        return len(self._static)
+        return len(self.unit_spaces)
 
-    # -- hooks -------------------------------------------------------------------------------
+    # -- the budget geometry, public (baselines and replay use it) -----------------------------
+    @property
+    def budget_limit(self) -> float:
+        """The largest cost a policy may have."""
+        assert self.cost is not None
+        return self.budget * self.cost.reference
+
+    def policy_cost_ratio(self, values: Sequence[float]) -> float:
+        """The cost ratio of a whole policy (one value per unit), as the final info reports it."""
+        assert self.cost is not None
+        if len(values) != self.num_steps:
+            raise ValueError(f"a policy of {type(self).__name__} has {self.num_steps} values, got {len(values)}")
+        return float(self.cost(list(values))) / self.cost.reference
+
+    def value_to_action(self, t: int, value: float) -> float:
+        """The action in [-1, 1] that maps to ``value`` at step ``t`` (before the clamp)."""
+        return float(np.clip(self.unit_spaces[t].to_action(value), -1.0, 1.0))
+
+    def round_value(self, t: int, value: float) -> float:
+        """The allowed value of unit ``t`` that ``value`` rounds to."""
+        return self._round(t, value)
+
+    # -- hooks ---------------------------------------------------------------------------------
     def _begin_episode(self) -> None:
         """Per-episode state reset (must be cheap)."""
 
-    def _action_to_value(self, action: float) -> float:
-        raise NotImplementedError
+    def _round(self, t: int, value: float) -> float:
+        """The allowed value of unit ``t`` nearest to ``value`` (default: the grid's)."""
+        return self.unit_spaces[t].round(value)
 
-    def _value_to_action(self, value: float) -> float:
-        """Inverse of :meth:`_action_to_value` (for reporting the applied action)."""
-        raise NotImplementedError
+    def _unit_info(self, t: int, applied: float) -> dict[str, Any]:
+        """Extra step ``info`` once unit ``t`` got ``applied`` (e.g. ChannelPrune's counts)."""
+        return {}
 
-    def _apply(self, t: int, value: float) -> tuple[float, dict[str, Any]]:
-        """Clamp, round and record ``value`` for unit ``t``; return (applied, step info)."""
-        raise NotImplementedError
+    def _later_cost(self, t: int) -> float:
+        """Cost of the units after ``t`` at their dearest (for the ``rest`` feature)."""
+        assert self.cost is not None
+        head = [s.end(True, self.cost.increasing) for s in self.unit_spaces[: t + 1]]
+        return policy_cost(self.cost, self.unit_spaces, head, rest="dear") - float(self.cost(
+            head + [s.end(True, self.cost.increasing) for s in self.unit_spaces[t + 1 :]]
+        ))
+
+    def _normalise_value(self, t: int, value: float) -> float:
+        """A value as an observation feature in [0, 1] (values already in [0, 1] unchanged)."""
+        s = self.unit_spaces[t]
+        if 0.0 <= s.low and s.high <= 1.0:
+            return float(value)
+        return (float(value) - s.low) / (s.high - s.low)
 
     def _dynamic_features(self, t: int) -> list[float]:
-        raise NotImplementedError
+        """AMC's dynamic features: cost removed so far, cost of later units (fractions of the
+        reference) and the previous applied value."""
+        assert self.cost is not None
+        ref = self.cost.reference
+        removed = 1.0 - policy_cost(self.cost, self.unit_spaces, self.applied, rest="dear") / ref
+        rest = self._later_cost(t) / ref if self._t < self.num_steps else 0.0
+        prev = self._normalise_value(len(self.applied) - 1, self.applied[-1]) if self.applied else 1.0
+        return [removed, rest, prev]
+
+    def _policy_info(self) -> dict[str, Any]:
+        """Extra final ``info`` about the applied policy (also in dry runs)."""
+        return {}
 
     def _evaluate(self) -> tuple[Measurements, dict[str, Any]]:
         """Build, recover and score the candidate of the finished episode."""
         raise NotImplementedError
 
-    def _policy_info(self) -> dict[str, Any]:
-        """What the final ``info`` says about the applied policy (also in dry runs)."""
-        return {"applied": list(self.applied)}
-
-    # -- Gymnasium API -----------------------------------------------------------------------
+    # -- Gymnasium API -------------------------------------------------------------------------
     def _observation(self) -> np.ndarray:
         t = min(self._t, self.num_steps - 1)
         dyn = np.clip(np.asarray(self._dynamic_features(t), np.float32), 0.0, 1.0)
         return np.concatenate([self._static[t], dyn]).astype(np.float32)
+
+    def observation_features(self) -> tuple[str, ...]:
+        """Names of the observation's entries, in order."""
+        return tuple(self.STATIC_FEATURES) + tuple(self.DYNAMIC_FEATURES)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -153,16 +264,25 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"action is {a[0]} at step {self._t}: actions must be finite numbers in [-1, 1] "
                 "(check the agent for NaN outputs, e.g. a diverged network)"
             )
+        assert self.cost is not None
+        t = self._t
         raw = float(np.clip(a[0], -1.0, 1.0))
-        applied, info = self._apply(self._t, self._action_to_value(raw))
+        wanted = self._round(t, self.unit_spaces[t].to_value(raw))
+        applied = float(clamp(t, wanted, self.applied, self.unit_spaces, self.cost, self.budget_limit))
         self.raw_actions.append(raw)
         self.applied.append(applied)
         self._t += 1
-        applied_action = float(np.clip(self._value_to_action(applied), -1.0, 1.0))
-        info = {"step": self._t - 1, "raw_action": raw, "applied": applied, "applied_action": applied_action, **info}
+        info = {
+            "step": t, "raw_action": raw, "applied": applied, "applied_action": self.value_to_action(t, applied),
+            "clamped": applied != wanted, **self._unit_info(t, applied),
+        }
         if self._t < self.num_steps:
             return self._observation(), 0.0, False, False, info
         self._done = True
+        ratio = self.policy_cost_ratio(self.applied)
+        info.update(policy=list(self.applied), cost_ratio=ratio, budget=self.budget, cost_name=self.cost.name)
+        if self.ratio_key:
+            info[self.ratio_key] = ratio
         info.update(self._policy_info())
         reward = 0.0
         if not self._dry_run:
@@ -175,10 +295,44 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
                 accuracy_original=measured.accuracy_original,
                 flops_ratio=measured.flops_ratio,
                 params_ratio=measured.params_ratio,
-                flops=measured.flops,
+                macs=measured.macs,
                 reward_name=self.reward_name,
                 reward_components=components,
                 **extra,
             )
         info["dry_run"] = self._dry_run
         return self._observation(), reward, True, False, info
+
+    # -- policy replay ---------------------------------------------------------------------------
+    def play_policy(
+        self, values: Sequence[float], *, seed: int | None = None, dry_run: bool = False
+    ) -> tuple[float, dict[str, Any]]:
+        """Play the episode whose applied values are ``values`` (a recorded policy: the
+        ``applied`` list of an ``episodes.jsonl`` line or ``best.json``), without an agent;
+        returns (reward, final info). ``seed`` is the recorded episode's reset seed (it decides
+        the fine-tuning batches when the env fine-tunes). ``compressed_model()`` then returns
+        the candidate (model envs).
+
+        Raises:
+            ValueError: ``values`` is not a policy this env can play as given (wrong length, a
+                value that is not allowed, or over the budget: recorded under other settings).
+        """
+        values = [float(v) for v in values]
+        if len(values) != self.num_steps:
+            raise ValueError(
+                f"the policy has {len(values)} values but {self._subject()} has {self.num_steps} steps: "
+                "it was recorded on another model or with other settings"
+            )
+        self.reset(seed=seed, options={"dry_run": True} if dry_run else None)
+        info: dict[str, Any] = {}
+        reward: SupportsFloat = 0.0
+        for t, v in enumerate(values):
+            _, reward, terminated, _, info = self.step(np.array([self.value_to_action(t, v)], np.float32))
+            if not math.isclose(info["applied"], v, rel_tol=1e-6, abs_tol=1e-9):
+                self._done = True
+                raise ValueError(
+                    f"step {t}: the recorded value {v} plays as {info['applied']} here "
+                    f"({'cut by the budget' if info['clamped'] else 'not an allowed value'}); the policy "
+                    f"was recorded with other settings ({self.budget_kwarg}, rounding, model)"
+                )
+        return float(reward), info

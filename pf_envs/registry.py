@@ -19,8 +19,14 @@ METHODS: dict[str, str] = {
 }
 
 
+#: Envs that are not a method x model pair (synthetic, for tests and examples).
+EXTRA_IDS: dict[str, str] = {
+    "Toy-v0": "pf_envs.envs.toy:ToyEnv",
+}
+
+
 def _build_ids() -> dict[str, dict[str, Any]]:
-    ids: dict[str, dict[str, Any]] = {}
+    ids: dict[str, dict[str, Any]] = {i: {"entry_point": e, "kwargs": {}} for i, e in EXTRA_IDS.items()}
     for method, entry_point in METHODS.items():
         ids[f"{method}-v0"] = {"entry_point": entry_point, "kwargs": {}}
         for name in zoo.list_models("cifar10"):

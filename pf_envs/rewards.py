@@ -18,14 +18,14 @@ class Measurements:
     Attributes:
         accuracy: top-1 in [0, 1] on the reward split after recovery.
         accuracy_original: the uncompressed model's accuracy on the same images.
-        flops: MACs of the candidate for one input sample.
-        flops_ratio: candidate MACs / original MACs.
-        params_ratio: candidate parameters / original parameters.
+        macs: multiply-accumulates of the candidate for one input sample (FLOPs = 2 x MACs).
+        flops_ratio: candidate MACs / original MACs (the same ratio as FLOPs).
+        params_ratio: candidate parameters (nonzero ones, for sparse candidates) / original.
     """
 
     accuracy: float
     accuracy_original: float
-    flops: float
+    macs: float
     flops_ratio: float
     params_ratio: float
 
@@ -39,14 +39,15 @@ def accuracy(m: Measurements) -> tuple[float, dict[str, float]]:
 
 
 def acc_log_flops(m: Measurements) -> tuple[float, dict[str, float]]:
-    """AMC's ``acc_flops`` reward: ``-(1 - acc) * log(FLOPs)`` (FLOPs = MACs of the candidate)."""
-    log_flops = math.log(max(m.flops, 1.0))
+    """AMC's ``acc_flops`` reward: ``-(1 - acc) * log(FLOPs)``, FLOPs counted as AMC did, as the
+    candidate's MACs (the component keeps AMC's name)."""
+    log_flops = math.log(max(m.macs, 1.0))
     return -(1.0 - m.accuracy) * log_flops, {"error": 1.0 - m.accuracy, "log_flops": log_flops}
 
 
 def pocketflow_flops(m: Measurements) -> tuple[float, dict[str, float]]:
-    """PocketFlow's ``flops`` reward: ``-max(0.15, 1 - acc) * log(FLOPs)``."""
-    log_flops = math.log(max(m.flops, 1.0))
+    """PocketFlow's ``flops`` reward: ``-max(0.15, 1 - acc) * log(FLOPs)`` (FLOPs as MACs, as AMC)."""
+    log_flops = math.log(max(m.macs, 1.0))
     err = max(0.15, 1.0 - m.accuracy)
     return -err * log_flops, {"error_floored": err, "log_flops": log_flops}
 

@@ -94,7 +94,7 @@ def test_same_seed_same_episode(cifar_root, checkpoints):
 def test_acc_log_flops_reward(cifar_root, checkpoints):
     env = make("ChannelPrune-ResNet20-v0", checkpoints, reward="acc_log_flops")
     reward, info = play(env, lambda t: 0.0)
-    assert reward == pytest.approx(-(1 - info["accuracy"]) * np.log(info["flops"]))
+    assert reward == pytest.approx(-(1 - info["accuracy"]) * np.log(info["macs"]))
 
 
 def test_observation_layout(cifar_root, checkpoints):
@@ -141,9 +141,23 @@ def test_nan_action_is_a_clear_error(cifar_root, checkpoints):
         ({"reward": "speed"}, "acc_log_flops"),
         ({"selection": "random"}, "lasso"),
         ({"dataset": "mnist"}, "cifar10"),
-        ({"ft_iters": -1}, "non-negative"),
-        ({"ft_lr": 0.0}, "ft_lr must be a positive number"),
-        ({"ft_lr": float("nan")}, "ft_lr must be a positive number"),
+        ({"ft_iters": -1}, "ft_iters must be an integer >= 0"),
+        ({"ft_lr": 0.0}, r"ft_lr must be a finite number > 0"),
+        ({"ft_lr": float("nan")}, r"ft_lr must be a finite number > 0"),
+        # wrong types and ranges are refused, never coerced (issue 16, defect 8)
+        ({"channel_round": 0}, "channel_round must be an integer >= 1"),
+        ({"channel_round": 2.5}, "channel_round must be an integer >= 1"),
+        ({"flops_budget": True}, r"flops_budget must be a finite number in \(0, 1\]"),
+        ({"flops_budget": "0.5"}, r"flops_budget must be a finite number in \(0, 1\]"),
+        ({"input_size": 0}, "input_size must be an integer >= 1"),
+        ({"input_size": 16}, "input_size=16 but the cifar10 images are 32x32"),
+        ({"input_size": 64}, "input_size=64 but the cifar10 images are 32x32"),
+        ({"reward_samples": 10.0}, "reward_samples must be an integer"),
+        ({"bn_augment": "yes"}, "bn_augment must be True or False"),
+        ({"min_keep": 0}, r"min_keep must be a finite number in \(0, 1\]"),
+        ({"reward_split": "train"}, "reward_split"),
+        ({"render_mode": "human"}, "no rendering"),
+        ({"device": "tpu"}, "unknown device"),
     ],
 )
 def test_bad_kwargs(kwargs, match, cifar_root, checkpoints):
@@ -229,3 +243,46 @@ def test_fine_tuning_lr_defaults_to_the_zoo_entry(cifar_root, checkpoints):
     assert env.unwrapped.ft_lr == 0.003
     default = make("ChannelPrune-ResNet20-v0", checkpoints).unwrapped
     assert env.unwrapped.recovery_fingerprint != default.recovery_fingerprint
+
+
+def test_model_whose_classifier_does_not_match_the_dataset_is_refused(cifar_root):
+    """A model with 5 outputs would be scored against CIFAR-10's 10 labels (issue 16, defect 7)."""
+    model = nn.Sequential(nn.Conv2d(3, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, 5))
+    with pytest.raises(ValueError, match=r"outputs \(1, 5\).*10 classes"):
+        gym.make("ChannelPrune-v0", model=model, **SMALL_ENV_KWARGS)
+    with pytest.raises(ValueError, match="does not run"):
+        gym.make("ChannelPrune-v0", model=nn.Linear(7, 10), **SMALL_ENV_KWARGS)
+
+
+def test_replay_of_a_recorded_policy_rebuilds_the_same_candidate(cifar_root, checkpoints):
+    """The seam of re-training and export: a recorded policy (applied values + episode seed)
+    replays, without an agent, to the same reward and the same pruned model, fine-tuning
+    included."""
+    env = make("ChannelPrune-ResNet20-v0", checkpoints, flops_budget=0.5, ft_iters=2, ft_batch_size=16)
+    reward, info = play(env, lambda t: 0.4 if t % 2 else -0.6, seed=11)
+    record = {"applied": info["keep_ratios"], "seed": 11, "reward": reward}
+    env_kwargs = {k: v for k, v in env.spec.kwargs.items() if k != "model"}
+    out = pf_envs.replay("ChannelPrune-ResNet20-v0", env_kwargs, record)
+    assert out.reward == reward == out.recorded_reward
+    assert out.info["keep_counts"] == info["keep_counts"]
+    original = env.unwrapped.compressed_model().state_dict()
+    assert all(torch.equal(original[k], v) for k, v in out.model.state_dict().items())
+    with pytest.raises(ValueError, match="steps"):
+        pf_envs.replay("ChannelPrune-ResNet20-v0", env_kwargs, info["keep_ratios"][:-1])
+    with pytest.raises(ValueError, match="cut by the budget"):
+        pf_envs.replay("ChannelPrune-ResNet20-v0", env_kwargs, [1.0] * len(info["keep_ratios"]))
+
+
+def test_channel_prune_is_a_model_env_on_the_core(cifar_root, checkpoints):
+    """Everything a second method needs lives in the core; ChannelPrune only adds its own parts."""
+    from pf_envs.core import CompressionEnv
+    from pf_envs.envs.channel_prune import ChannelPruneEnv
+    from pf_envs.model_env import ModelCompressionEnv
+
+    assert issubclass(ChannelPruneEnv, ModelCompressionEnv) and issubclass(ModelCompressionEnv, CompressionEnv)
+    u = make("ChannelPrune-ResNet20-v0", checkpoints).unwrapped
+    assert u.cost.name == "macs" and u.cost.reference == u.total_macs
+    for t, space in enumerate(u.unit_spaces):  # the grid is the channel counts the env can keep
+        c = u.table.groups[u.step_groups[t]].channels
+        assert all(abs(v * c - round(v * c)) < 1e-9 for v in space.grid) and space.grid[-1] == 1.0

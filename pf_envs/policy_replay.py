@@ -1,0 +1,141 @@
+"""Policy replay: rebuild the compressed model of any recorded policy, without an agent.
+
+A search records every episode's applied values (``episodes.jsonl``, ``best.json``). Replaying
+one plays exactly those values through a fresh env (the same clamp, rounding and recovery),
+so the candidate it builds is the recorded one: at ``ft_iters=0`` its accuracy is the recorded
+reward, and with fine-tuning it is too when the episode's reset seed is passed (it decides the
+fine-tuning batches). Re-training, export and the results tables start from here.
+
+>>> import pf_envs
+>>> out = pf_envs.replay("ChannelPrune-ResNet20-v0", {"ft_iters": 0}, [0.5] * 10)   # doctest: +SKIP
+>>> out = pf_envs.replay_run("runs/ChannelPrune-ResNet20-v0__ddpg__seed0")          # doctest: +SKIP
+>>> out.model, out.reward, out.info["flops_ratio"]                                  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+
+
+@dataclass
+class Replayed:
+    """A replayed policy.
+
+    Attributes:
+        env_id / env_kwargs: the env it was played on.
+        policy: the applied values, one per step.
+        reward: the reward the env gave it now.
+        info: the final step's info (accuracy, flops_ratio, ...).
+        model: the compressed model (None for envs without one, e.g. ``Toy-v0``).
+        recorded_reward: the reward in the record, where one was given.
+    """
+
+    env_id: str
+    env_kwargs: dict[str, Any]
+    policy: list[float]
+    reward: float
+    info: dict[str, Any] = field(default_factory=dict)
+    model: Any = None
+    recorded_reward: float | None = None
+
+
+def _policy_of(record: Sequence[float] | Mapping[str, Any]) -> tuple[list[float], int | None, float | None]:
+    if isinstance(record, Mapping):
+        if "applied" not in record:
+            raise ValueError("the record has no 'applied' values: pass an episodes.jsonl line, best.json, "
+                             "or the list of applied values")
+        seed = record.get("seed")
+        reward = record.get("reward")
+        return [float(v) for v in record["applied"]], (None if seed is None else int(seed)), (
+            None if reward is None else float(reward))
+    return [float(v) for v in record], None, None
+
+
+def replay(
+    env_id: str,
+    env_kwargs: Mapping[str, Any] | None,
+    record: Sequence[float] | Mapping[str, Any],
+    *,
+    seed: int | None = None,
+    env: gym.Env | None = None,
+) -> Replayed:
+    """Play a recorded policy on ``env_id`` built with ``env_kwargs`` (or on ``env``, already
+    built with them) and return the candidate.
+
+    Args:
+        record: an ``episodes.jsonl`` line or ``best.json`` (a dict with ``applied`` and
+            ``seed``), or the applied values themselves.
+        seed: the episode's reset seed (default: the record's).
+
+    Raises:
+        ValueError: the policy does not fit the env (another model or other settings).
+    """
+    import pf_envs  # noqa: F401  (registers the ids)
+    from pf_envs.core import CompressionEnv
+
+    policy, rec_seed, rec_reward = _policy_of(record)
+    own = env is None
+    if env is None:
+        if env_id not in gym.registry:
+            raise ValueError(f"unknown env {env_id!r}; pocketflow-gym registers {sorted(pf_envs.ENV_IDS)}")
+        env = gym.make(env_id, **dict(env_kwargs or {}))
+    try:
+        base = env.unwrapped
+        if not isinstance(base, CompressionEnv):
+            raise TypeError(f"{env_id} is not a pocketflow-gym compression env")
+        reward, info = base.play_policy(policy, seed=rec_seed if seed is None else seed)
+        model = base.compressed_model() if hasattr(base, "compressed_model") else None
+    finally:
+        if own:
+            env.close()
+    return Replayed(env_id, dict(env_kwargs or {}), policy, reward, info, model, rec_reward)
+
+
+def _read_episode(run_dir: Path, episode: int) -> dict[str, Any]:
+    path = run_dir / "episodes.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {run_dir} holds no recorded episodes")
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written line (the episode in flight)
+            if isinstance(rec, dict) and rec.get("episode") == episode:
+                return rec
+    raise ValueError(f"{path} has no episode {episode}")
+
+
+def replay_run(
+    run_dir: str | os.PathLike[str],
+    episode: int | None = None,
+    *,
+    env_kwargs: Mapping[str, Any] | None = None,
+) -> Replayed:
+    """Replay the best episode of a run folder (or episode ``episode``) on the env and kwargs
+    recorded in its ``config.json``; ``env_kwargs`` overrides some of them (e.g.
+    ``reward_split="test"`` to score the same candidate on the test split)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / "config.json"
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{cfg_path} does not exist: {run_dir} is not a search run folder") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {cfg_path} ({exc}): the run's config is damaged") from None
+    if episode is None:
+        best = run_dir / "best.json"
+        if not best.is_file():
+            raise FileNotFoundError(f"{best} does not exist: the run has no scored episode yet")
+        record = json.loads(best.read_text(encoding="utf-8"))
+    else:
+        record = _read_episode(run_dir, int(episode))
+    kwargs = {**config.get("env_kwargs", {}), **dict(env_kwargs or {})}
+    return replay(config["env_id"], kwargs, record)

@@ -1,0 +1,123 @@
+"""Keyword-argument tables of the environments: one :class:`Setting` per kwarg, checked once.
+
+Every kwarg an env takes is declared with its type and range; :func:`check_settings` refuses
+a wrong type (``flops_budget=True``, ``channel_round=2.5``, ``ft_lr="0.1"``) or an
+out-of-range value (``channel_round=0``) with one sentence naming the kwarg, instead of
+coercing it silently. Values that pass are returned unchanged (the recovery fingerprint is
+computed from them as given).
+
+>>> from pf_envs.settings import Setting, check_settings
+>>> check_settings("Toy", {"units": Setting("int", low=1)}, {"units": 0})
+Traceback (most recent call last):
+...
+ValueError: Toy: units must be an integer >= 1, got 0
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One keyword argument.
+
+    Attributes:
+        kind: ``int``, ``float``, ``bool``, ``str``, ``choice`` or ``any`` (checked elsewhere).
+        low / high: inclusive bounds (numbers); ``low_open`` / ``high_open`` make them strict.
+        choices: allowed values of a ``choice``.
+        optional: None is allowed (it means "the default for this model").
+        doc: what the kwarg does (for error messages and docs).
+    """
+
+    kind: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    choices: Sequence[Any] = ()
+    optional: bool = False
+    doc: str = ""
+
+    def describe(self) -> str:
+        """``an integer >= 1``, ``a number in (0, 1]``, ``one of [...]``..."""
+        if self.kind == "choice":
+            return f"one of {list(self.choices)}"
+        if self.kind == "bool":
+            return "True or False"
+        if self.kind == "str":
+            return "a string"
+        noun = "an integer" if self.kind == "int" else "a finite number"
+        if self.low is not None and self.high is not None:
+            lb, rb = "(" if self.low_open else "[", ")" if self.high_open else "]"
+            return f"{noun} in {lb}{_num(self.low)}, {_num(self.high)}{rb}"
+        if self.low is not None:
+            return f"{noun} {'>' if self.low_open else '>='} {_num(self.low)}"
+        if self.high is not None:
+            return f"{noun} {'<' if self.high_open else '<='} {_num(self.high)}"
+        return noun
+
+
+def _num(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else str(x)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_number(value: Any) -> bool:
+    return (_is_int(value) or isinstance(value, (float, np.floating))) and math.isfinite(float(value))
+
+
+def check_value(env_name: str, name: str, setting: Setting, value: Any) -> None:
+    """Raise ``ValueError`` (``TypeError`` for a wrong type) if ``value`` does not fit."""
+    if value is None and setting.optional:
+        return
+    if setting.kind == "any":
+        return
+    bad = f"{env_name}: {name} must be {setting.describe()}" + (" (or None)" if setting.optional else "")
+    if setting.kind == "choice":
+        if value not in list(setting.choices):
+            raise ValueError(f"{env_name}: unknown {name} {value!r}; choose one of {list(setting.choices)}")
+        return
+    if setting.kind == "bool":
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{bad}, got {value!r} ({type(value).__name__})")
+        return
+    if setting.kind == "str":
+        if not isinstance(value, str):
+            raise TypeError(f"{bad}, got {value!r} ({type(value).__name__})")
+        return
+    if setting.kind == "int":
+        if not _is_int(value):
+            raise TypeError(f"{bad}, got {value!r} ({type(value).__name__})")
+    elif setting.kind == "float":
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise TypeError(f"{bad}, got {value!r} ({type(value).__name__})")
+        if not math.isfinite(float(value)):
+            raise ValueError(f"{bad}, got {value!r}")
+    else:
+        raise AssertionError(f"unknown setting kind {setting.kind!r}")
+    x = float(value)
+    if setting.low is not None and (x < setting.low or (setting.low_open and x == setting.low)):
+        raise ValueError(f"{bad}, got {value!r}")
+    if setting.high is not None and (x > setting.high or (setting.high_open and x == setting.high)):
+        raise ValueError(f"{bad}, got {value!r}")
+
+
+def check_settings(env_name: str, table: Mapping[str, Setting], given: Mapping[str, Any]) -> None:
+    """Check every kwarg of ``given`` against ``table`` (unknown names are refused too)."""
+    unknown = sorted(set(given) - set(table))
+    if unknown:
+        raise TypeError(
+            f"{env_name} got unknown keyword argument(s) {unknown}; valid ones are {sorted(table)} "
+            "(see help(pf_envs.envs) or the README)"
+        )
+    for name, value in given.items():
+        check_value(env_name, name, table[name], value)
