@@ -123,7 +123,7 @@ def main() -> None:
             mem.append(json.loads(out.split("MEMORY ", 1)[1]))
             print(json.dumps(mem[-1]), flush=True)
 
-    cols = ["make_cold_s", "make_warm_s", "reset_s", "prune_s", "finetune_s", "bn_s", "eval_s", "episode_s",
+    cols = ["make_cold_s", "make_warm_s", "reset_s", "build_s", "finetune_s", "bn_s", "eval_s", "episode_s",
             "forward_s", "episode_over_forward"]
     print(f"\n{'env':<30} {'ft':>4} " + " ".join(f"{c:>12}" for c in cols))
     for r in rows:

@@ -33,20 +33,15 @@ import torch
 
 import pf_envs  # noqa: F401
 from baselines.uniform import largest_unclamped
+from pf_agents.base import play_episode
 from pf_agents.cli import parse_kwargs
 
 
 def play(env: gym.Env, actions: np.ndarray, dry_run: bool = False) -> dict:
     """One episode with ``actions[t]`` at step ``t``; the final info, with ``clamped_any`` and
     ``policy`` (the applied per-step values)."""
-    env.reset(seed=0, options={"dry_run": True} if dry_run else None)
-    clamped = False
-    for a in actions:
-        *_, terminated, truncated, info = env.step(np.array([a], np.float32))
-        clamped = clamped or bool(info.get("clamped", False))
-        if terminated or truncated:
-            break
-    return {**info, "clamped_any": clamped, "policy": list(env.unwrapped.applied)}
+    played = play_episode(env, actions, dry_run=dry_run, seed=0)
+    return {**played.info, "clamped_any": played.clamped_any, "policy": list(played.applied)}
 
 
 def two_level(n: int, k: int, high: float, low: float, front: bool) -> np.ndarray:

@@ -256,10 +256,9 @@ def test_model_whose_classifier_does_not_match_the_dataset_is_refused(cifar_root
 
 
 def test_replay_of_a_recorded_policy_rebuilds_the_same_candidate(cifar_root, checkpoints):
-    """The seam of re-training and export: a recorded policy (applied values + episode seed)
-    replays, without an agent, to the same reward and the same pruned model, fine-tuning
-    included."""
-    env = make("ChannelPrune-ResNet20-v0", checkpoints, flops_budget=0.5, ft_iters=2, ft_batch_size=16)
+    """The seam of re-training and export: a recorded policy replays, without an agent, to the
+    same pruned model and exactly the recorded reward (ft_iters=0)."""
+    env = make("ChannelPrune-ResNet20-v0", checkpoints, flops_budget=0.5)
     reward, info = play(env, lambda t: 0.4 if t % 2 else -0.6, seed=11)
     record = {"applied": info["keep_ratios"], "seed": 11, "reward": reward}
     env_kwargs = {k: v for k, v in env.spec.kwargs.items() if k != "model"}
@@ -272,6 +271,20 @@ def test_replay_of_a_recorded_policy_rebuilds_the_same_candidate(cifar_root, che
         pf_envs.replay("ChannelPrune-ResNet20-v0", env_kwargs, info["keep_ratios"][:-1])
     with pytest.raises(ValueError, match="cut by the budget"):
         pf_envs.replay("ChannelPrune-ResNet20-v0", env_kwargs, [1.0] * len(info["keep_ratios"]))
+
+
+def test_replay_with_fine_tuning_uses_the_recorded_episode_seed(cifar_root, checkpoints):
+    """With fine-tuning the record's reset seed picks the same batches (multi-threaded CPU float
+    sums may still differ in the last bits, so the weights are compared with a tolerance)."""
+    env = make("ChannelPrune-ResNet20-v0", checkpoints, ft_iters=3, ft_batch_size=16)
+    # (the policy of test_same_seed_same_episode: fine-tuning models cut to 4-channel groups
+    # has been seen to hang or abort inside autograd on torch 2.14.1's CPU build, old code too)
+    reward, info = play(env, lambda t: 0.1 * t - 0.5, seed=11)
+    original = {k: v.clone() for k, v in env.unwrapped.compressed_model().state_dict().items()}
+    again, _ = env.unwrapped.play_policy(info["keep_ratios"], seed=11)
+    replayed = env.unwrapped.compressed_model().state_dict()
+    assert all(torch.allclose(original[k].float(), v.float(), atol=1e-4) for k, v in replayed.items())
+    assert abs(again - reward) <= 0.02
 
 
 def test_channel_prune_is_a_model_env_on_the_core(cifar_root, checkpoints):

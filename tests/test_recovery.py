@@ -1,0 +1,88 @@
+"""learners.recovery: the one recovery every method's reward goes through."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from learners.recovery import RecoveryRecipe, recover, update_batchnorm
+from learners.training import recalibrate_batchnorm
+from pf_envs.data import CIFAR10_MEAN, CIFAR10_STD, TensorSplit
+
+
+def _split(n: int, seed: int) -> TensorSplit:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 16, 16), generator=g, dtype=torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=g)
+    return TensorSplit("synthetic", images, labels, CIFAR10_MEAN, CIFAR10_STD)
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        nn.Conv2d(8, 16, 3, padding=1, stride=2), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()
+
+
+def test_update_bn_gives_exactly_the_statistics_of_recalibrate_batchnorm():
+    """``torch.optim.swa_utils.update_bn`` (used) and the project's own loop agree bit for bit."""
+    data = _split(96, 0)
+    a, b = _model(), _model()
+    batches = list(data.batches(32, augment=True, generator=torch.Generator().manual_seed(3)))
+    update_batchnorm(a, batches)
+    recalibrate_batchnorm(b, batches)
+    sa, sb = a.state_dict(), b.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not torch.equal(sa["1.running_mean"], _model().state_dict()["1.running_mean"])  # really re-estimated
+    assert not a.training
+
+
+def test_recover_is_deterministic_and_the_step_hook_keeps_masks():
+    train, bn, val = _split(256, 1), _split(64, 2), _split(64, 3)
+    recipe = RecoveryRecipe(ft_iters=5, ft_batch_size=16, ft_lr=0.05, bn_batch_size=32)
+    mask = torch.ones_like(_model()[0].weight)
+    mask[:4] = 0  # half the first conv's filters pruned: fine-tuning must not bring them back
+
+    def keep_mask(model: nn.Module, step: int) -> None:
+        with torch.no_grad():
+            model[0].weight.mul_(mask)
+
+    runs = []
+    for _ in range(2):
+        model = _model()
+        with torch.no_grad():
+            model[0].weight.mul_(mask)
+        out = recover(model, recipe=recipe, train_data=train, bn_data=bn, eval_data=val, ft_seed=7,
+                      step_hook=keep_mask)
+        runs.append((out.accuracy, copy.deepcopy(model.state_dict())))
+        assert torch.count_nonzero(model[0].weight[:4]) == 0
+        assert set(out.timing) == {"finetune_s", "bn_s", "eval_s"}
+        assert not any(p.requires_grad for p in model.parameters())
+    assert runs[0][0] == runs[1][0]
+    assert all(torch.equal(runs[0][1][k], runs[1][1][k]) for k in runs[0][1])
+    # without the hook the pruned filters come back to life
+    model = _model()
+    with torch.no_grad():
+        model[0].weight.mul_(mask)
+    recover(model, recipe=recipe, train_data=train, bn_data=bn, eval_data=val, ft_seed=7)
+    assert torch.count_nonzero(model[0].weight[:4]) > 0
+
+
+def test_no_fine_tuning_changes_only_batchnorm():
+    train, bn, val = _split(64, 1), _split(64, 2), _split(64, 3)
+    model, before = _model(), _model().state_dict()
+    recover(model, recipe=RecoveryRecipe(ft_iters=0, bn_batch_size=32), train_data=train, bn_data=bn, eval_data=val)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("1.", "4.")) for k in changed)  # the BatchNorm layers only
+
+
+def test_recipe_is_recorded_as_a_dict():
+    assert RecoveryRecipe().as_dict() == pytest.approx(
+        {"ft_iters": 100, "ft_batch_size": 64, "ft_lr": 0.01, "bn_batch_size": 128, "bn_augment": True, "bn_seed": 3}
+    )
