@@ -15,12 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-COMPRESSIBLE = (nn.Conv2d, nn.Linear)
+from learners.modules import COMPRESSIBLE, is_depthwise
 
-
-def is_depthwise(m: nn.Module) -> bool:
-    """A conv whose every output channel sees exactly one input channel."""
-    return isinstance(m, nn.Conv2d) and m.groups > 1 and m.groups == m.in_channels == m.out_channels
+__all__ = ["COMPRESSIBLE", "CoupledChannels", "GroupMember", "coupled_groups", "is_depthwise", "remove_channels"]
 
 
 @dataclass(frozen=True)

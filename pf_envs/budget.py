@@ -11,9 +11,9 @@ the one asked for, on the cheap side, such that the budget stays reachable with 
 unit at its cheapest value. With a grid it bisects over the grid points; without one, over
 the interval. The cost kinds the methods need are here: MACs under channel keep ratios live
 with the channel method (:mod:`pf_envs.envs.channel_prune`); nonzero weights under
-sparsities (:class:`NonzeroWeights`), weight bits under bit-widths (:class:`WeightBits`),
-bit-operations under weight and activation bit-widths (:class:`BitOps`), and a measured
-latency table (:class:`LatencyTable`).
+sparsities (:class:`NonzeroWeights`), any weighted sum (:class:`LinearCost`), weight bits
+under bit-widths (:class:`WeightBits`), bit-operations under weight and activation
+bit-widths (:class:`BitOps`), and a measured latency table (:class:`LatencyTable`).
 
 >>> from pf_envs.budget import UnitSpace, WeightBits, clamp
 >>> spaces = [UnitSpace(2, 8, grid=tuple(range(2, 9)))] * 3
@@ -134,19 +134,31 @@ class NonzeroWeights:
         return float(self.params @ (1.0 - _array(values, len(self.params), self.name)))
 
 
-class WeightBits:
+class LinearCost:
+    """``sum_i weights_i * value_i``, growing with every value; the reference is every unit at
+    ``reference_value`` (the uncompressed model)."""
+
+    name = "linear"
+    increasing = True
+
+    def __init__(self, weights: Sequence[float], reference_value: float = 1.0, name: str | None = None) -> None:
+        self.params = np.asarray(weights, np.float64)
+        self.reference = float(self.params.sum() * reference_value)
+        if name is not None:
+            self.name = name
+
+    def __call__(self, values: Sequence[float]) -> float:
+        return float(self.params @ _array(values, len(self.params), self.name))
+
+
+class WeightBits(LinearCost):
     """Model size in bits: ``sum_i params_i * bits_i``; the reference is every weight at
     ``reference_bits`` (32: fp32; a budget of 0.125 is then PocketFlow's 4 bits on average)."""
 
     name = "weight_bits"
-    increasing = True
 
     def __init__(self, params: Sequence[float], reference_bits: float = 32.0) -> None:
-        self.params = np.asarray(params, np.float64)
-        self.reference = float(self.params.sum() * reference_bits)
-
-    def __call__(self, values: Sequence[float]) -> float:
-        return float(self.params @ _array(values, len(self.params), self.name))
+        super().__init__(params, reference_bits)
 
 
 class BitOps:

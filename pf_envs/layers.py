@@ -1,10 +1,9 @@
 """Per-layer cost table: what every environment's observation, budget and reward is built from.
 
 One :class:`LayerRow` per compressible layer (conv, depthwise conv, linear) in execution
-order, with shapes, MACs and parameters, plus the channel groups that couple layers
-(:class:`ChannelGroup`, found with Torch-Pruning's dependency graph): the output channels of
-a producer, the depthwise convs that carry them through, residual adds that tie several
-producers together, and the consumers whose input channels they are.
+order, with shapes, MACs and parameters. The channel groups that couple layers (and the MACs
+of a model under per-group keep ratios) belong to the channel method:
+:func:`pf_envs.envs.channel_prune.channel_table`.
 
 MACs are multiply-accumulates (one multiply and one add); a conv's MACs are
 ``out_h * out_w * out_channels * in_channels / groups * kernel_h * kernel_w``, a linear
@@ -13,18 +12,19 @@ layer's ``in_features * out_features``. FLOPs, as torch's FlopCounterMode counts
 
 >>> from pf_envs import zoo, layers
 >>> table = layers.cost_table(zoo.create_model("mobilenet_v1"), input_size=32)
+>>> table.total_macs
+46354432
 >>> print(table)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from learners.coupling import COMPRESSIBLE, CoupledChannels, coupled_groups, is_depthwise
+from learners.modules import COMPRESSIBLE, is_depthwise
 
 
 @dataclass(frozen=True)
@@ -42,9 +42,6 @@ class LayerRow:
         in_hw / out_hw: spatial size of input and output; (1, 1) for linear layers.
         macs: multiply-accumulates for one input sample.
         params: weight + bias elements.
-        in_group / out_group: id of the :class:`ChannelGroup` holding this layer's input /
-            output channels, or ``None`` where those channels cannot be pruned (the network
-            input; the classifier output; layers the dependency graph could not couple).
     """
 
     index: int
@@ -59,51 +56,23 @@ class LayerRow:
     out_hw: tuple[int, int]
     macs: int
     params: int
-    in_group: int | None = None
-    out_group: int | None = None
-
-    def macs_at(self, keep: Mapping[int, float]) -> float:
-        """MACs when each channel group ``g`` keeps the fraction ``keep[g]`` (default 1)."""
-        r_out = keep.get(self.out_group, 1.0) if self.out_group is not None else 1.0
-        if self.kind == "depthwise":
-            return self.macs * r_out
-        r_in = keep.get(self.in_group, 1.0) if self.in_group is not None else 1.0
-        return self.macs * r_in * r_out
-
-
-@dataclass(frozen=True)
-class ChannelGroup:
-    """Channels that must be removed together (one index set shared by all members).
-
-    Attributes:
-        id: position among groups, in execution order of the first producer.
-        channels: number of channels in the group.
-        producers: layers whose output channels these are (several where a residual add
-            ties branches together).
-        followers: depthwise convs that carry the channels through unchanged.
-        consumers: layers (conv/linear, not depthwise) whose input channels these are; the
-            ones whose outputs a pruning method reconstructs.
-    """
-
-    id: int
-    channels: int
-    producers: tuple[str, ...]
-    followers: tuple[str, ...]
-    consumers: tuple[str, ...]
-
-    @property
-    def members(self) -> tuple[str, ...]:
-        return self.producers + self.followers + self.consumers
 
 
 @dataclass
 class CostTable:
-    """Rows for every compressible layer plus the channel groups that couple them."""
+    """Rows for every compressible layer of a model, for one input size.
+
+    Attributes:
+        rows: one :class:`LayerRow` per layer, in execution order.
+        input_size: (height, width) of the input the table was traced with.
+        output_layer: the layer whose output is the model's output (the classifier), if found.
+        in_channels: input image channels.
+    """
 
     rows: list[LayerRow]
-    groups: list[ChannelGroup]
     input_size: tuple[int, int]
-    coupling: list[CoupledChannels] = field(default_factory=list, repr=False)
+    output_layer: str | None = None
+    in_channels: int = 3
     _by_name: dict[str, LayerRow] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -123,41 +92,29 @@ class CostTable:
     def total_params(self) -> int:
         return sum(r.params for r in self.rows)
 
-    def macs_at(self, keep: Mapping[int, float]) -> float:
-        """Total MACs when group ``g`` keeps the fraction ``keep[g]`` of its channels."""
-        return sum(r.macs_at(keep) for r in self.rows)
-
-    def group_macs(self, group_id: int) -> int:
-        """MACs of every layer whose input or output channels belong to the group."""
-        return sum(r.macs for r in self.rows if group_id in (r.in_group, r.out_group))
-
-    def __str__(self) -> str:
+    def row_lines(self, extra: dict[str, tuple[str, str]] | None = None) -> list[str]:
+        """The table as text lines; ``extra[name]`` adds two columns to a row (g_in, g_out)."""
         head = (
             f"{'#':>3} {'name':<28} {'kind':<9} {'in':>5} {'out':>5} {'k':>3} {'s':>2} "
-            f"{'in_hw':>7} {'out_hw':>7} {'MACs':>12} {'params':>10} {'g_in':>4} {'g_out':>5}"
+            f"{'in_hw':>7} {'out_hw':>7} {'MACs':>12} {'params':>10}" + (f" {'g_in':>4} {'g_out':>5}" if extra else "")
         )
         lines = [head, "-" * len(head)]
         for r in self.rows:
+            cols = f" {extra[r.name][0]:>4} {extra[r.name][1]:>5}" if extra else ""
             lines.append(
                 f"{r.index:>3} {r.name[-28:]:<28} {r.kind:<9} {r.in_channels:>5} {r.out_channels:>5} "
                 f"{r.kernel[0]:>3} {r.stride[0]:>2} {'%dx%d' % r.in_hw:>7} {'%dx%d' % r.out_hw:>7} "
-                f"{r.macs:>12,} {r.params:>10,} {_g(r.in_group):>4} {_g(r.out_group):>5}"
+                f"{r.macs:>12,} {r.params:>10,}{cols}"
             )
         lines.append("-" * len(head))
         lines.append(
             f"{len(self.rows)} layers, {self.total_macs:,} MACs ({self.total_macs / 1e6:.2f} M), "
-            f"{self.total_params:,} params, {len(self.groups)} channel groups"
+            f"{self.total_params:,} params"
         )
-        for g in self.groups:
-            lines.append(
-                f"  group {g.id:>2}: {g.channels:>5} ch  producers={list(g.producers)} "
-                f"followers={list(g.followers)} consumers={list(g.consumers)}"
-            )
-        return "\n".join(lines)
+        return lines
 
-
-def _g(v: int | None) -> str:
-    return "-" if v is None else str(v)
+    def __str__(self) -> str:
+        return "\n".join(self.row_lines())
 
 
 def _pair(v) -> tuple[int, int]:
@@ -225,17 +182,10 @@ def cost_table(
     model: nn.Module,
     input_size: int | tuple[int, int] = 32,
     *,
-    with_groups: bool = True,
     in_channels: int = 3,
 ) -> CostTable:
-    """Build the cost table of ``model`` for a ``in_channels x input_size`` input.
-
-    Args:
-        model: any module whose compressible layers are ``nn.Conv2d`` / ``nn.Linear``.
-        input_size: input height and width (int or pair).
-        with_groups: also find channel groups (Torch-Pruning's dependency graph; slower).
-        in_channels: input image channels.
-    """
+    """Build the per-layer cost table of ``model`` for a ``in_channels x input_size`` input
+    (one forward pass; the model is not modified)."""
     hw = _pair(input_size)
     param = next(model.parameters())
     example = torch.randn(1, in_channels, *hw, device=param.device, dtype=param.dtype)
@@ -249,24 +199,9 @@ def cost_table(
             )
         seen_modules.add(id(m))
         rows.append(_row(len(rows), name, m, in_shape, out_shape))
-    groups: list[ChannelGroup] = []
-    coupling: list[CoupledChannels] = []
-    if with_groups:
-        ignored = [output_layer] if output_layer else []
-        coupling = coupled_groups(model, example, ignored=ignored, order=[r.name for r in rows])
-        groups = [
-            ChannelGroup(i, g.channels, g.producers, g.followers, g.consumers)
-            for i, g in enumerate(coupling)
-        ]
-        out_of = {n: g.id for g in groups for n in g.producers + g.followers}
-        in_of = {n: g.id for g in groups for n in g.consumers + g.followers}
-        rows = [
-            LayerRow(**{**r.__dict__, "in_group": in_of.get(r.name), "out_group": out_of.get(r.name)})
-            for r in rows
-        ]
-    return CostTable(rows, groups, hw, coupling)
+    return CostTable(rows, hw, output_layer, in_channels)
 
 
 def count_macs(model: nn.Module, input_size: int | tuple[int, int] = 32) -> int:
-    """Total conv + linear MACs of ``model`` for one sample (no coupling analysis)."""
-    return cost_table(model, input_size, with_groups=False).total_macs
+    """Total conv + linear MACs of ``model`` for one sample."""
+    return cost_table(model, input_size).total_macs

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     t0 = time.time()
     acc = evaluate(model, data.split(args.split))
-    table = cost_table(model, 32, with_groups=False)
+    table = cost_table(model, 32)
     print(json.dumps({
         "model": args.model, "split": args.split, "images": len(data.split(args.split)), "accuracy": acc,
         "macs": table.total_macs, "params": sum(p.numel() for p in model.parameters()),

@@ -9,14 +9,15 @@ from torch import nn
 from learners.channel_pruning import ChannelPruner, collect_stats, lasso_path_selections
 from learners.coupling import coupled_groups, remove_channels
 from pf_envs import zoo
-from pf_envs.layers import cost_table, count_macs
+from pf_envs.envs.channel_prune import channel_table
+from pf_envs.layers import count_macs
 
 
 @pytest.fixture(scope="module")
 def resnet(cifar, checkpoints):
     path = checkpoints("resnet20")
     model = zoo.load("resnet20", checkpoint=path)
-    table = cost_table(model, 32)
+    table = channel_table(model, 32)
     consumers = sorted({c for g in table.groups for c in g.consumers})
     images = (x for x, _ in cifar.train.subset(128, seed=1).batches(64))
     stats = collect_stats(model, consumers, images, points_per_image=8, seed=0)
@@ -33,7 +34,7 @@ def test_stats_shapes(resnet):
 
 def test_least_squares_beats_plain_selection(resnet):
     model, table, stats = resnet
-    pruner = ChannelPruner(model, table.coupling, stats, selection="lasso")
+    pruner = ChannelPruner(model, table.groups, stats, selection="lasso")
     for gid in (4, 8):
         name = table.groups[gid].consumers[0]
         st = stats[name]
@@ -46,7 +47,7 @@ def test_least_squares_beats_plain_selection(resnet):
 
 def test_lasso_selects_exact_counts(resnet):
     model, table, stats = resnet
-    pruner = ChannelPruner(model, table.coupling, stats, selection="lasso")
+    pruner = ChannelPruner(model, table.groups, stats, selection="lasso")
     for gid, group in enumerate(table.groups):
         for keep in (1, group.channels // 4, group.channels // 2, group.channels - 1, group.channels):
             idx = pruner.select(gid, keep)
@@ -67,7 +68,7 @@ def test_lasso_path_prefers_dominant_channels():
 @pytest.mark.parametrize("selection,reconstruct", [("lasso", True), ("l1", False), ("l1", True)])
 def test_prune_is_physical_and_macs_match(resnet, selection, reconstruct):
     model, table, stats = resnet
-    pruner = ChannelPruner(model, table.coupling, stats, selection=selection, reconstruct=reconstruct)
+    pruner = ChannelPruner(model, table.groups, stats, selection=selection, reconstruct=reconstruct)
     keep = {gid: max(4, g.channels // 2) for gid, g in enumerate(table.groups)}
     pruned, kept = pruner.prune(keep)
     fractions = {gid: k / table.groups[gid].channels for gid, k in keep.items()}

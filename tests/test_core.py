@@ -11,8 +11,7 @@ from torch import nn
 
 from pf_envs.budget import BitOps, LatencyTable, NonzeroWeights, UnitSpace, WeightBits, clamp, floor_ratio
 from pf_envs.core import CompressionEnv
-from pf_envs.envs.channel_prune import ChannelMACs
-from pf_envs.layers import cost_table
+from pf_envs.envs.channel_prune import ChannelMACs, channel_table
 from pf_envs.rewards import Measurements
 
 
@@ -38,8 +37,8 @@ def _channel_stub(budget: float) -> StubEnv:
         nn.Conv2d(32, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10),
     )
-    table = cost_table(model, 16)
-    groups = [g.id for g in table.groups]
+    table = channel_table(model, 16)
+    groups = list(range(len(table.groups)))
     spaces = [UnitSpace(0.25, 1.0, tuple(k / table.groups[g].channels
                                           for k in range(table.groups[g].channels // 4, table.groups[g].channels + 1)))
               for g in groups]

@@ -1,4 +1,4 @@
-"""Per-layer cost table and channel coupling."""
+"""Per-layer cost table (pf_envs.layers) and the channel method's table of coupled channel groups."""
 
 from __future__ import annotations
 
@@ -6,26 +6,27 @@ import torch
 from torch import nn
 
 from pf_envs import zoo
+from pf_envs.envs.channel_prune import channel_table
 from pf_envs.layers import cost_table, count_macs
 
 
 def test_mobilenet_v1_table():
-    table = cost_table(zoo.create_model("mobilenet_v1"), 32)
+    table = channel_table(zoo.create_model("mobilenet_v1"), 32)
     kinds = [r.kind for r in table.rows]
     assert kinds.count("depthwise") == 13 and kinds.count("conv") == 14 and kinds[-1] == "linear"
     first, last = table.rows[0], table.rows[-1]
-    assert first.in_group is None and last.out_group is None  # network input, classifier output
+    assert first.name not in table.in_group and last.name not in table.out_group  # input, classifier output
     assert len(table.groups) == 14
     for g in table.groups[:13]:
         assert len(g.producers) == 1 and len(g.followers) == 1 and len(g.consumers) == 1
     assert table.groups[13].consumers == ("classifier",)
     dw = table.rows[1]
-    assert dw.kind == "depthwise" and dw.in_group == dw.out_group == 0
+    assert dw.kind == "depthwise" and table.in_group[dw.name] == table.out_group[dw.name] == 0
     assert table.total_macs == 46_354_432 and "MACs" in str(table)
 
 
 def test_resnet20_residual_coupling():
-    table = cost_table(zoo.create_model("resnet20"), 32)
+    table = channel_table(zoo.create_model("resnet20"), 32)
     stream = table.groups[0]
     assert stream.producers[0] == "conv1" and len(stream.producers) == 4
     assert "layers.3.shortcut.0" in stream.consumers
@@ -37,7 +38,7 @@ def test_macs_at_is_exact_for_physical_pruning():
     import torch_pruning as tp
 
     model = zoo.create_model("resnet20").eval()
-    table = cost_table(model, 32)
+    table = channel_table(model, 32)
     # remove half the channels of two groups with Torch-Pruning directly
     keep = {1: 0.5, 5: 0.5}
     dg = tp.DependencyGraph().build_dependency(model, example_inputs=torch.randn(1, 3, 32, 32))

@@ -33,7 +33,8 @@ def _check(core, values):
     return ratio
 
 
-@pytest.mark.parametrize("kwargs", [{"units": 8, "budget": 0.5, "grid": 0.15}, {"units": 5, "budget": 0.33, "grid": 0.1},
+@pytest.mark.parametrize("kwargs", [{"units": 8, "budget": 0.5, "grid": 0.15},
+                                    {"units": 5, "budget": 0.33, "grid": 0.1},
                                     {"units": 9, "budget": 0.71, "grid": 0.05}])
 def test_uniform_lands_within_one_grid_step_of_the_budget_on_toy(kwargs, tmp_path):
     core = gym.make("Toy-v0", **kwargs).unwrapped

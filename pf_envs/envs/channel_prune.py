@@ -27,16 +27,18 @@ and MACs of later groups (fractions of the total), and the previous applied keep
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import numpy as np
+import torch
 from torch import nn
 
 from learners.channel_pruning import SELECTIONS, ChannelPruner, ConsumerStats, collect_stats
+from learners.coupling import CoupledChannels, coupled_groups
 from pf_envs.budget import UnitSpace
 from pf_envs.cache import cache_key, cached
-from pf_envs.layers import CostTable, cost_table
+from pf_envs.layers import CostTable, LayerRow, cost_table
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
 from pf_envs.settings import Setting
 
@@ -61,6 +63,90 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+@dataclass
+class ChannelTable:
+    """The channel method's cost table: the model's layers (:class:`pf_envs.layers.CostTable`),
+    the channel groups that couple them (:class:`learners.coupling.CoupledChannels`, found with
+    Torch-Pruning's dependency graph: a producer's output channels, the depthwise convs that
+    carry them through, residual adds that tie several producers together, and the consumers
+    whose input channels they are), and the model's MACs under per-group keep ratios.
+
+    Attributes:
+        layers: the per-layer table.
+        groups: the channel groups, in execution order of their first producer (group ``g`` is
+            ``groups[g]``).
+        in_group / out_group: layer name -> the group holding its input / output channels
+            (absent where those channels cannot be pruned: the network input, the classifier
+            output, layers the dependency graph could not couple).
+    """
+
+    layers: CostTable
+    groups: list[CoupledChannels]
+    in_group: dict[str, int]
+    out_group: dict[str, int]
+
+    def __post_init__(self) -> None:
+        # (macs, input group, output group, depthwise) per layer: macs_at runs in every clamp
+        self._terms = [(r.macs, self.in_group.get(r.name), self.out_group.get(r.name), r.kind == "depthwise")
+                       for r in self.layers.rows]
+
+    @property
+    def rows(self) -> list[LayerRow]:
+        return self.layers.rows
+
+    def __getitem__(self, name: str) -> LayerRow:
+        return self.layers[name]
+
+    @property
+    def total_macs(self) -> int:
+        return self.layers.total_macs
+
+    def macs_at(self, keep: Mapping[int, float]) -> float:
+        """Total MACs when group ``g`` keeps the fraction ``keep[g]`` of its channels (default 1):
+        a layer's MACs scale with the kept fraction of its output channels and, unless it is
+        depthwise, of its input channels (exact for physical pruning)."""
+        total = 0.0
+        for macs, g_in, g_out, depthwise in self._terms:
+            r_out = keep.get(g_out, 1.0) if g_out is not None else 1.0
+            if depthwise:
+                total += macs * r_out
+            else:
+                total += macs * (keep.get(g_in, 1.0) if g_in is not None else 1.0) * r_out
+        return total
+
+    def group_macs(self, group_id: int) -> int:
+        """MACs of every layer whose input or output channels belong to the group."""
+        return sum(r.macs for r in self.rows if group_id in (self.in_group.get(r.name), self.out_group.get(r.name)))
+
+    def __str__(self) -> str:
+        def g(v: int | None) -> str:
+            return "-" if v is None else str(v)
+
+        extra = {r.name: (g(self.in_group.get(r.name)), g(self.out_group.get(r.name))) for r in self.rows}
+        lines = self.layers.row_lines(extra)
+        lines[-1] += f", {len(self.groups)} channel groups"
+        for i, grp in enumerate(self.groups):
+            lines.append(f"  group {i:>2}: {grp.channels:>5} ch  producers={list(grp.producers)} "
+                         f"followers={list(grp.followers)} consumers={list(grp.consumers)}")
+        return "\n".join(lines)
+
+
+def channel_table(model: nn.Module, input_size: int | tuple[int, int] = 32, *, in_channels: int = 3) -> ChannelTable:
+    """The :class:`ChannelTable` of ``model`` (the model is not modified).
+
+    >>> from pf_envs import zoo
+    >>> print(channel_table(zoo.create_model("mobilenet_v1"), 32))  # doctest: +SKIP
+    """
+    layers = cost_table(model, input_size, in_channels=in_channels)
+    param = next(model.parameters())
+    example = torch.randn(1, in_channels, *layers.input_size, device=param.device, dtype=param.dtype)
+    ignored = [layers.output_layer] if layers.output_layer else []
+    groups = coupled_groups(model, example, ignored=ignored, order=[r.name for r in layers.rows])
+    out_of = {n: i for i, grp in enumerate(groups) for n in grp.producers + grp.followers}
+    in_of = {n: i for i, grp in enumerate(groups) for n in grp.consumers + grp.followers}
+    return ChannelTable(layers, groups, in_of, out_of)
+
+
 class ChannelMACs:
     """MACs of the model when step ``t``'s channel group keeps the fraction ``values[t]``
     (groups that are not steps keep everything): a :class:`pf_envs.budget.Cost`."""
@@ -68,7 +154,7 @@ class ChannelMACs:
     name = "macs"
     increasing = True
 
-    def __init__(self, table: CostTable, step_groups: Sequence[int]) -> None:
+    def __init__(self, table: ChannelTable, step_groups: Sequence[int]) -> None:
         self.table, self.step_groups = table, list(step_groups)
         self.reference = float(table.total_macs)
 
@@ -115,7 +201,7 @@ class ChannelPruneEnv(ModelCompressionEnv):
         cache: keep layer statistics and the baseline accuracy on disk (``PF_CACHE_DIR``).
 
     Attributes (beyond :class:`pf_envs.model_env.ModelCompressionEnv`'s):
-        table: the :class:`pf_envs.layers.CostTable` (layers, channel groups, MACs).
+        table: the :class:`ChannelTable` (layers, channel groups, MACs).
         step_groups: the channel group of each step.
         model_fingerprint: SHA-1 prefix of the original model's weights; the search harness
             records it so that a run is never resumed against other weights.
@@ -172,8 +258,8 @@ class ChannelPruneEnv(ModelCompressionEnv):
         self.flops_budget = float(s["flops_budget"])
         round_default = self.spec.channel_round if self.spec is not None else 8
         self.channel_round = int(s["channel_round"] if s["channel_round"] is not None else round_default)
-        self.table: CostTable = cost_table(self.model, self.input_size)
-        self.step_groups = [g.id for g in self.table.groups if g.channels > self.channel_round]
+        self.table = channel_table(self.model, self.input_size)
+        self.step_groups = [i for i, g in enumerate(self.table.groups) if g.channels > self.channel_round]
         if not self.step_groups:
             raise ValueError(f"{self.model_name} has no prunable channel group (every group has at most "
                              f"channel_round={self.channel_round} channels)")
@@ -183,7 +269,7 @@ class ChannelPruneEnv(ModelCompressionEnv):
         self._setup_budget(spaces, ChannelMACs(self.table, self.step_groups), self.flops_budget, static)
         self._rest = self._later_macs()
         self.pruner = ChannelPruner(
-            self.model, [self.table.coupling[g] for g in range(len(self.table.groups))], self._stats(),
+            self.model, self.table.groups, self._stats(),
             selection=s["selection"], reconstruct=bool(s["reconstruct"]),
         )
 
@@ -240,7 +326,8 @@ class ChannelPruneEnv(ModelCompressionEnv):
         out = []
         for t in range(self.num_steps):
             later = set(self.step_groups[t + 1 :])
-            out.append(float(sum(r.macs for r in self.table.rows if {r.in_group, r.out_group} & later)))
+            out.append(float(sum(r.macs for r in self.table.rows
+                                 if {self.table.in_group.get(r.name), self.table.out_group.get(r.name)} & later)))
         return out
 
     # -- core hooks --------------------------------------------------------------------------------

@@ -17,12 +17,11 @@ sensitive unit costs more accuracy, so the best policy under a budget is not uni
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from pf_envs.budget import UnitSpace
+from pf_envs.budget import LinearCost, UnitSpace
 from pf_envs.cache import cache_key
 from pf_envs.core import CompressionEnv
 from pf_envs.rewards import REWARDS, Measurements
@@ -49,20 +48,6 @@ def toy_costs(units: int) -> np.ndarray:
 def toy_sensitivities(units: int) -> np.ndarray:
     """Per-unit accuracy lost per squared unit of compression (a fixed, uneven pattern)."""
     return np.asarray([0.02 + 0.06 * ((5 * i + 1) % 4) / 3 for i in range(units)], np.float64)
-
-
-class LinearCost:
-    """``sum_i weight_i * value_i``: a :class:`pf_envs.budget.Cost` that grows with every value."""
-
-    name = "toy_cost"
-    increasing = True
-
-    def __init__(self, weights: Sequence[float]) -> None:
-        self.weights = np.asarray(weights, np.float64)
-        self.reference = float(self.weights.sum())
-
-    def __call__(self, values: Sequence[float]) -> float:
-        return float(self.weights @ np.asarray(values, np.float64))
 
 
 class ToyEnv(CompressionEnv):
@@ -102,7 +87,7 @@ class ToyEnv(CompressionEnv):
             values = None
         space = UnitSpace(self.min_value, 1.0, values)
         static = np.stack([np.arange(self.units), self.costs, self.sensitivities], 1)
-        self._setup_budget([space] * self.units, LinearCost(self.costs), float(budget), static)
+        self._setup_budget([space] * self.units, LinearCost(self.costs, name="toy_cost"), float(budget), static)
         self.recovery_fingerprint = cache_key("toy", version=TOY_VERSION, **settings)
 
     def _evaluate(self) -> tuple[Measurements, dict[str, Any]]:
