@@ -701,6 +701,26 @@ def _imagenet_stamp(base: Path) -> str:
     return hashlib.sha1("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
 
 
+def _cifar10_folder_stamp(found: tuple[str, Path]) -> str:
+    """A cheap stamp of a CIFAR-10 folder (milliseconds): the size and mtime of the six
+    torchvision batch files, or the mtimes of ``train/``, ``test/`` and their class folders."""
+    layout, folder = found
+    lines = [layout, str(folder)]
+    try:
+        if layout == "torchvision":
+            for name in CIFAR10_BATCH_FILES:
+                st = (folder / name).stat()
+                lines.append(f"{name}\0{st.st_size}\0{st.st_mtime_ns}")
+        else:
+            for split in ("train", "test"):
+                lines.append(f"{split}\0{(folder / split).stat().st_mtime_ns}")
+                with os.scandir(folder / split) as it:
+                    lines.extend(sorted(f"{e.name}\0{e.stat().st_mtime_ns}" for e in it if e.is_dir()))
+    except OSError:
+        return ""  # a missing file or folder: the full scan names it
+    return hashlib.sha1("\n".join(lines).encode("utf-8", "surrogateescape")).hexdigest()
+
+
 _BUNDLES: OrderedDict[tuple[str, str], tuple[str, DatasetBundle]] = OrderedDict()
 _BUNDLES_LOCK = threading.Lock()
 _MAX_BUNDLES = 4
@@ -715,29 +735,32 @@ def clear_dataset_cache() -> None:
 def load_dataset(name: str, data_root: str | os.PathLike[str] | None = None) -> DatasetBundle:
     """Load a dataset by name (``cifar10`` or ``imagenet``); shared within a process.
 
-    The shared bundle is keyed by the data root *and* its files, checked on every call:
-    CIFAR-10 by the name, size and mtime of every image file (or batch file; 0.5-1 s for
-    the JPEG tree, milliseconds for torchvision's batch files), ImageNet by the mtimes of its
-    class folders (its images are read when batches are drawn). When the files changed, the
-    dataset is loaded again (decoded once more) and replaces the old bundle, so a caller
-    never gets a bundle older than the files. At most 4 roots are kept.
+    The shared bundle is keyed by the data root *and* a stamp of its folders, checked on
+    every call in milliseconds: the mtimes of the split and class folders (a file added,
+    removed or renamed changes its folder's mtime), or the size and mtime of torchvision's
+    batch files. When the stamp changed, the dataset is loaded again and replaces the old
+    bundle; that load, like the first in a process, keys the decoded-image cache on disk by
+    every file's name, size and mtime (0.5-1 s for CIFAR-10's 60,000 JPEGs), so an image
+    rewritten in place is picked up by the next process (within one process, only files
+    added, removed or renamed are). At most 4 roots are kept.
     """
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {list(DATASETS)}")
     root = resolve_data_root(data_root)
-    files: _Cifar10Files | None = None
+    found: tuple[str, Path] | None = None
     if name == "cifar10":
-        files = _scan_cifar10(_locate_cifar10(root, data_root, download=True))
-        stamp = files.key
+        found = _locate_cifar10(root, data_root, download=True)
+        stamp = _cifar10_folder_stamp(found)
     else:
         stamp = _imagenet_stamp(_find_imagenet(root, data_root))
     slot = (name, str(root))
     with _BUNDLES_LOCK:
         hit = _BUNDLES.get(slot)
-        if hit is not None and hit[0] == stamp:
+        if hit is not None and stamp and hit[0] == stamp:
             _BUNDLES.move_to_end(slot)
             return hit[1]
-    bundle = _cifar10_bundle(files, 500) if files is not None else load_imagenet(root)
+    # (re)built: the decoded-image cache on disk is keyed by every file (_scan_cifar10)
+    bundle = _cifar10_bundle(_scan_cifar10(found), 500) if found is not None else load_imagenet(root)
     with _BUNDLES_LOCK:
         _BUNDLES[slot] = (stamp, bundle)
         _BUNDLES.move_to_end(slot)

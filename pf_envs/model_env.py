@@ -127,6 +127,10 @@ class ModelCompressionEnv(CompressionEnv):
             ft_iters=int(given["ft_iters"]), ft_batch_size=int(given["ft_batch_size"]), ft_lr=self.ft_lr,
             bn_batch_size=int(given["bn_batch_size"]), bn_augment=bool(given["bn_augment"]), bn_seed=BN_SEED,
         )
+        # the recipe's settings as attributes too (read by benchmarks and users)
+        self.ft_iters, self.ft_batch_size = self.recipe.ft_iters, self.recipe.ft_batch_size
+        self.bn_batches, self.bn_batch_size = int(given["bn_batches"]), self.recipe.bn_batch_size
+        self.bn_augment = self.recipe.bn_augment
         self.reward_split = given["reward_split"]
         self.reward_data = self.data.split(self.reward_split).subset(int(given["reward_samples"]), seed=0)
         self.bn_data = self.data.train.subset(int(given["bn_batches"]) * int(given["bn_batch_size"]), seed=2)
