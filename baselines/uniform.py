@@ -139,7 +139,8 @@ class UniformAgent(BlackBoxAgent):
             values, x = equal_value_policy(core)
             actions = np.asarray([core.value_to_action(t, v) for t, v in enumerate(values)], np.float32)
             played = play_episode(self.env, actions, dry_run=True)
-            if played.clamped_any or not np.allclose(played.applied, values, rtol=1e-6, atol=1e-9):
+            # float32 actions may move a continuous value by ~1e-7 (and the clamp trims that much)
+            if not np.allclose(played.applied, values, rtol=1e-5, atol=1e-7):
                 raise RuntimeError(f"the uniform policy {values} plays as {played.applied} on {type(core).__name__}: "
                                    "the env's rounding disagrees with its unit grids")
             return actions, {"policy": mode, "common_action": x, "values": values}

@@ -22,6 +22,7 @@ Guarantees (docs/search.md, "Guarantees"):
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
@@ -116,6 +117,17 @@ class RunLock:
                 "one writer. Wait for it to finish (or stop it), then continue with --resume; to search "
                 f"at the same time, {_NEW_RUN_HINT}"
             ) from None
+        try:  # the lock file may have been removed by the process that held it (a failed start)
+            same = os.fstat(fh.fileno()).st_ino == os.stat(self.path).st_ino
+        except OSError:
+            same = False
+        if not same:
+            _unlock(fh)
+            fh.close()
+            raise RunLockedError(
+                f"{self.path.parent} was being removed by another process (a start that failed) while this "
+                "one opened it; run the command again"
+            )
         try:
             fh.seek(0)
             fh.truncate()
@@ -178,6 +190,16 @@ def _check_episode(rec: Any, index: int) -> str | None:
     return None
 
 
+def _remove_contents(path: Path) -> None:
+    """Delete everything inside ``path`` (its lock file too: a process that opened that file
+    meanwhile sees it is gone once it gets the lock, and refuses)."""
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child, ignore_errors=True)
+        else:
+            child.unlink(missing_ok=True)
+
+
 def _better(rec: dict[str, Any], best: dict[str, Any] | None) -> bool:
     reward = rec["reward"]
     if isinstance(reward, float) and math.isnan(reward):
@@ -211,7 +233,7 @@ def read_episodes(ep_path: Path) -> tuple[list[dict[str, Any]], int | None, bool
         try:
             rec = json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            if last:  # cut short (or garbled) by a kill while it was written: the episode in flight
+            if last and not terminated:  # cut short by a kill while it was written: the episode in flight
                 return episodes, start, False
             raise DamagedRunError(
                 f"{ep_path} line {number} is not valid JSON ({exc}); only a last line can be cut short by a "
@@ -285,16 +307,22 @@ class RunRecord:
         try:
             lock.acquire()
         except BaseException:
+            # never delete here: the folder (even one this process just made) may be another
+            # process's run, which holds its lock; an empty folder is removed only if still empty
             if created:
-                shutil.rmtree(path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    path.rmdir()
             raise
         record = cls(path, _lock=lock, _created=created)
         try:
             record._open(config, resume)
         except BaseException:
+            if created:  # remove what this process made while it still holds the lock
+                _remove_contents(path)
             record.close()
             if created:
-                shutil.rmtree(path, ignore_errors=True)
+                with contextlib.suppress(OSError):
+                    path.rmdir()
             raise
         return record
 
@@ -430,7 +458,9 @@ class RunRecord:
             self._append_line(path, line + "\n")
         except OSError as exc:
             raise write_error(path, exc, f"(episode {episode.get('episode')})") from exc
-        self.episodes.append(json.loads(line))
+        stored = json.loads(line)
+        _check_episode(stored, len(self.episodes))  # a non-finite reward is read back as the float it was
+        self.episodes.append(stored)
         if _better(self.episodes[-1], self.best):
             self.best = self.episodes[-1]
             try:
@@ -457,11 +487,14 @@ class RunRecord:
         not refused: the folder is removed if this process created it, else its config."""
         if not self.new or self.episodes:
             return
-        self.close()
-        if self._created:
-            shutil.rmtree(self.path, ignore_errors=True)
+        if self._created:  # remove what this process made while it still holds the lock
+            _remove_contents(self.path)
         else:
             (self.path / CONFIG).unlink(missing_ok=True)
+        self.close()
+        if self._created:
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
 
 def read_run(path: str | os.PathLike[str]) -> RunRecord:

@@ -31,14 +31,14 @@ from pf_envs.core import CompressionEnv, resolve_device
 from pf_envs.data import DATASETS, load_dataset
 from pf_envs.layers import count_macs
 from pf_envs.rewards import REWARDS, Measurements
-from pf_envs.settings import Setting, check_settings
+from pf_envs.settings import Setting, check_settings, plain
 
 #: The kwargs every model environment takes.
 COMMON_SETTINGS: dict[str, Setting] = {
     "model": Setting("any", doc="a zoo name or your own trained nn.Module (copied, never modified)"),
     "dataset": Setting("choice", choices=DATASETS, doc="the dataset the model was trained on"),
-    "checkpoint": Setting("str", optional=True, doc="state-dict file for a zoo model (default: shipped)"),
-    "data_root": Setting("str", optional=True, doc="dataset folder (default: $PF_DATA_DIR, then the cache)"),
+    "checkpoint": Setting("path", optional=True, doc="state-dict file for a zoo model (default: shipped)"),
+    "data_root": Setting("path", optional=True, doc="dataset folder (default: $PF_DATA_DIR, then the cache)"),
     "input_size": Setting("int", low=1, optional=True, doc="input height and width; must be the data's"),
     "ft_iters": Setting("int", low=0, doc="SGD iterations of fast fine-tuning before scoring (0: none)"),
     "ft_batch_size": Setting("int", low=1, doc="fine-tuning batch size"),
@@ -96,7 +96,7 @@ class ModelCompressionEnv(CompressionEnv):
         # the fingerprint's settings, as given (values that pass the checks are not converted);
         # "__class__" was part of it since recipes were recorded (a locals() of __init__), and
         # stays, so that runs recorded before this module existed still resume.
-        self._fingerprint_settings = {k: v for k, v in settings.items() if k not in NOT_RECOVERY}
+        self._fingerprint_settings = {k: plain(v) for k, v in settings.items() if k not in NOT_RECOVERY}
         super().__init__(given["reward"])
         if given.get("render_mode") is not None:
             raise ValueError(f"render_mode={given['render_mode']!r}: {self.METHOD} has no rendering")

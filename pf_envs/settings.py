@@ -16,6 +16,7 @@ ValueError: Toy: units must be an integer >= 1, got 0
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +29,8 @@ class Setting:
     """One keyword argument.
 
     Attributes:
-        kind: ``int``, ``float``, ``bool``, ``str``, ``choice`` or ``any`` (checked elsewhere).
+        kind: ``int``, ``float``, ``bool``, ``str``, ``path`` (str or ``os.PathLike``), ``choice``
+            or ``any`` (checked elsewhere).
         low / high: inclusive bounds (numbers); ``low_open`` / ``high_open`` make them strict.
         choices: allowed values of a ``choice``.
         optional: None is allowed (it means "the default for this model").
@@ -52,6 +54,8 @@ class Setting:
             return "True or False"
         if self.kind == "str":
             return "a string"
+        if self.kind == "path":
+            return "a path (str or os.PathLike)"
         noun = "an integer" if self.kind == "int" else "a finite number"
         if self.low is not None and self.high is not None:
             lb, rb = "(" if self.low_open else "[", ")" if self.high_open else "]"
@@ -90,6 +94,10 @@ def check_value(env_name: str, name: str, setting: Setting, value: Any) -> None:
         if not isinstance(value, (bool, np.bool_)):
             raise TypeError(f"{bad}, got {value!r} ({type(value).__name__})")
         return
+    if setting.kind == "path":
+        if not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{bad}, got {value!r} ({type(value).__name__})")
+        return
     if setting.kind == "str":
         if not isinstance(value, str):
             raise TypeError(f"{bad}, got {value!r} ({type(value).__name__})")
@@ -109,6 +117,12 @@ def check_value(env_name: str, name: str, setting: Setting, value: Any) -> None:
         raise ValueError(f"{bad}, got {value!r}")
     if setting.high is not None and (x > setting.high or (setting.high_open and x == setting.high)):
         raise ValueError(f"{bad}, got {value!r}")
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python number it holds (fingerprints and records hash what JSON
+    would store: ``np.int64(4)`` and ``4`` are one setting)."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def check_settings(env_name: str, table: Mapping[str, Setting], given: Mapping[str, Any]) -> None:

@@ -299,3 +299,21 @@ def test_channel_prune_is_a_model_env_on_the_core(cifar_root, checkpoints):
     for t, space in enumerate(u.unit_spaces):  # the grid is the channel counts the env can keep
         c = u.table.groups[u.step_groups[t]].channels
         assert all(abs(v * c - round(v * c)) < 1e-9 for v in space.grid) and space.grid[-1] == 1.0
+
+
+def test_a_whole_group_can_be_kept_when_its_channels_are_not_a_multiple_of_the_rounding(cifar_root, tmp_path):
+    """18 channels on a grid of 8: keep ratio 1 keeps 18 (it rounded to 16 before)."""
+    from pathlib import Path
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 18, 3, padding=1), nn.BatchNorm2d(18), nn.ReLU(),
+                          nn.Conv2d(18, 24, 3, padding=1), nn.BatchNorm2d(24), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10))
+    env = gym.make("ChannelPrune-v0", model=model, flops_budget=1.0, data_root=Path(cifar_root), **SMALL_ENV_KWARGS)
+    _, info = play(env, lambda t: 1.0, dry_run=True)
+    assert info["keep_counts"] == [18, 24] and info["keep_ratios"] == [1.0, 1.0]
+    from pf_agents import search
+
+    result = search("ChannelPrune-v0", agent="uniform", episodes=1, logdir=tmp_path, progress=False,
+                    env_kwargs={"model": model, "flops_budget": 1.0, **SMALL_ENV_KWARGS})
+    assert result.best["info"]["keep_counts"] == [18, 24]

@@ -434,3 +434,69 @@ def test_lock_file_names_its_holder(tmp_path):
     again = RunLock(tmp_path)
     again.acquire()  # released: free again
     again.release()
+
+
+def test_a_nan_reward_is_recorded_and_does_not_end_the_search(tmp_path):
+    """A non-finite reward is stored as "nan" in JSON; the record kept in memory must read it
+    back as the float it was (the comparison with the best one crashed on the string)."""
+    import math
+
+    import gymnasium as gym
+
+    from pf_envs.envs.toy import ToyEnv
+    from pf_envs.rewards import Measurements
+
+    class NanToy(ToyEnv):
+        calls = 0
+
+        def _evaluate(self):
+            NanToy.calls += 1
+            measured, extra = super()._evaluate()
+            if NanToy.calls == 2:
+                measured = Measurements(float("nan"), *list(measured.__dict__.values())[1:])
+            return measured, extra
+
+    if "NanToy-v0" not in gym.registry:
+        gym.register("NanToy-v0", entry_point=NanToy)
+    result = search("NanToy-v0", agent="random", episodes=4, logdir=tmp_path, env_kwargs={"units": 4}, progress=False)
+    rewards = [e["reward"] for e in result.history]
+    assert len(rewards) == 4 and math.isnan(rewards[1]) and all(isinstance(r, float) for r in rewards)
+    assert not math.isnan(result.best_reward)
+    resumed = search("NanToy-v0", agent="random", episodes=5, logdir=tmp_path, env_kwargs={"units": 4},
+                     progress=False, resume=True)
+    assert len(resumed.history) == 5
+
+
+def test_a_complete_but_garbled_last_line_is_damage_not_a_kill(tmp_path):
+    """A kill leaves a last line without its newline; a terminated line that is not JSON was
+    damaged otherwise: the resume stops instead of dropping it."""
+    kw = dict(agent="random", seed=0, logdir=tmp_path, env_kwargs={"units": 4}, progress=False)
+    run = search("Toy-v0", episodes=3, **kw).run_dir
+    lines = (run / "episodes.jsonl").read_text().splitlines()
+    (run / "episodes.jsonl").write_text("\n".join(lines[:-1] + ["{garbled" + lines[-1][8:]]) + "\n")
+    with pytest.raises(DamagedRunError, match="line 3"):
+        search("Toy-v0", episodes=4, resume=True, **kw)
+
+
+def test_a_start_that_loses_the_lock_race_never_deletes_the_winners_folder(tmp_path, monkeypatch):
+    """A makes the new folder, B takes its lock first: A must refuse without deleting B's run
+    (it removed the folder it had made, lock file and all, and a third writer could start)."""
+    original = RunLock.acquire
+    winner: list[RunLock] = []
+
+    def b_wins_first(self):
+        if not winner:
+            b = RunLock(self.path.parent)
+            original(b)
+            winner.append(b)
+        return original(self)
+
+    monkeypatch.setattr(RunLock, "acquire", b_wins_first)
+    with pytest.raises(RunLockedError):
+        search("Toy-v0", agent="random", episodes=1, logdir=tmp_path, run_name="r", env_kwargs={"units": 3},
+               progress=False)
+    monkeypatch.setattr(RunLock, "acquire", original)
+    assert (tmp_path / "r" / ".lock").is_file()  # B's folder and lock file are still there
+    with pytest.raises(RunLockedError):  # and B still holds the only lock on it
+        RunLock(tmp_path / "r").acquire()
+    winner[0].release()

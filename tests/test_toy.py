@@ -67,3 +67,11 @@ def test_best_policy_beats_uniform():
 def test_bad_kwargs(kwargs, match):
     with pytest.raises((TypeError, ValueError), match=match):
         gym.make("Toy-v0", **kwargs)
+
+
+def test_numpy_scalars_fingerprint_like_the_numbers_they_hold():
+    """A run started with numpy-typed kwargs records plain numbers in config.json; resuming
+    from those must find the same recovery fingerprint."""
+    a = gym.make("Toy-v0", units=np.int64(4), budget=np.float32(0.5)).unwrapped.recovery_fingerprint
+    b = gym.make("Toy-v0", units=4, budget=0.5).unwrapped.recovery_fingerprint
+    assert a == b

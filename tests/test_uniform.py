@@ -59,3 +59,13 @@ def test_uniform_spends_the_budget_on_resnet20(budget, cifar_root, checkpoints, 
                  agent_kwargs={"policy": "unclamped_action"}, progress=False)
     assert old.best["info"]["flops_ratio"] < ratio  # the old one spends less
     assert len(set(old.best["raw_actions"])) == 1  # one constant action, as it was defined
+
+
+@pytest.mark.parametrize("units,budget", [(1, 0.77), (8, 0.77), (17, 0.43)])
+def test_uniform_on_a_continuous_space_spends_the_budget(units, budget, tmp_path):
+    """No grid: float32 actions move a value by ~1e-7 and the clamp may trim that much; the
+    agent must still play its policy."""
+    kwargs = {"units": units, "budget": budget, "grid": 0.0}
+    result = search("Toy-v0", agent="uniform", episodes=1, logdir=tmp_path, env_kwargs=kwargs, progress=False)
+    assert result.best["applied"] == pytest.approx([budget] * units, abs=1e-6)
+    assert budget - 1e-6 <= result.best["info"]["flops_ratio"] <= budget * (1 + 1e-9)

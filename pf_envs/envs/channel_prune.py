@@ -332,9 +332,16 @@ class ChannelPruneEnv(ModelCompressionEnv):
 
     # -- core hooks --------------------------------------------------------------------------------
     def _round(self, t: int, value: float) -> float:
+        """The nearest multiple of ``channel_round`` channels (at least the group's minimum);
+        above the last multiple of a group that has no whole number of them, the nearer of that
+        multiple and the whole group."""
         gid = self.step_groups[t]
         c, r = self.table.groups[gid].channels, self.channel_round
-        return min(c, max(self.min_counts[gid], int(round(value * c / r)) * r)) / c
+        count = int(round(value * c / r)) * r
+        top, x = (c // r) * r, value * c
+        if top < c and x > top:  # e.g. 18 channels on a grid of 8: 16 or 18, whichever is nearer
+            count = c if c - x < x - top else top
+        return min(c, max(self.min_counts[gid], count)) / c
 
     def _count(self, t: int, value: float) -> int:
         return int(round(value * self.table.groups[self.step_groups[t]].channels))

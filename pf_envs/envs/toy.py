@@ -25,7 +25,7 @@ from pf_envs.budget import LinearCost, UnitSpace
 from pf_envs.cache import cache_key
 from pf_envs.core import CompressionEnv
 from pf_envs.rewards import REWARDS, Measurements
-from pf_envs.settings import Setting, check_settings
+from pf_envs.settings import Setting, check_settings, plain
 
 #: Bumped when the toy's reward or cost changes (part of its recovery fingerprint).
 TOY_VERSION = 2
@@ -88,7 +88,7 @@ class ToyEnv(CompressionEnv):
         space = UnitSpace(self.min_value, 1.0, values)
         static = np.stack([np.arange(self.units), self.costs, self.sensitivities], 1)
         self._setup_budget([space] * self.units, LinearCost(self.costs, name="toy_cost"), float(budget), static)
-        self.recovery_fingerprint = cache_key("toy", version=TOY_VERSION, **settings)
+        self.recovery_fingerprint = cache_key("toy", version=TOY_VERSION, **{k: plain(v) for k, v in settings.items()})
 
     def _evaluate(self) -> tuple[Measurements, dict[str, Any]]:
         v = np.asarray(self.applied)
