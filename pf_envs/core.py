@@ -196,7 +196,10 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         return {}
 
     def _later_cost(self, t: int) -> float:
-        """Cost of the units after ``t`` at their dearest (for the ``rest`` feature)."""
+        """The cost the units after ``t`` can still give up: their cost at their dearest minus at
+        their cheapest, with every unit up to ``t`` at its cheapest (AMC's ``rest`` feature, for
+        costs that do not vanish at the cheap end; ChannelPrune overrides it with AMC's own:
+        the MACs of every layer touching a later group)."""
         assert self.cost is not None
         head = [s.end(True, self.cost.increasing) for s in self.unit_spaces[: t + 1]]
         return policy_cost(self.cost, self.unit_spaces, head, rest="dear") - float(self.cost(
