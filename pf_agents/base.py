@@ -182,7 +182,10 @@ class Agent:
         self.history = history
         self.budget = budget
         self.config = {**self.DEFAULTS, **kwargs}
-        self.steps: int = int(getattr(env.unwrapped, "num_steps", 0)) or self._count_steps()
+        from pf_envs.core import CompressionEnv
+
+        core = env.unwrapped  # a project env declares its steps; a foreign one is counted once
+        self.steps: int = core.num_steps if isinstance(core, CompressionEnv) else self._count_steps()
 
     def _count_steps(self) -> int:
         """Steps per episode, counted with a dry-run episode."""
