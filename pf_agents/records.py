@@ -491,6 +491,9 @@ class RunRecord:
             _remove_contents(self.path)
         else:
             (self.path / CONFIG).unlink(missing_ok=True)
+            # and the TensorBoard files this process began (their names end in .<pid>.<n>)
+            for events in self.path.rglob(f"events.out.tfevents.*.{os.getpid()}.*"):
+                events.unlink(missing_ok=True)
         self.close()
         if self._created:
             with contextlib.suppress(OSError):

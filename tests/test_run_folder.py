@@ -361,6 +361,7 @@ def test_a_folder_that_exists_but_never_finished_an_episode_is_started_afresh(tm
         with pytest.raises(RuntimeError):
             _search(tmp_path, "ddpg")
     assert (tmp_path / "run").is_dir() and not (tmp_path / "run" / "config.json").exists()
+    assert not list((tmp_path / "run").rglob("events.out.tfevents.*"))  # no curves of a run that never ran
     assert len(_search(tmp_path, "random", episodes=2).history) == 2
 
 
