@@ -149,6 +149,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
                 f"{self.budget_kwarg} >= {math.ceil(floor * 1000) / 1000} or lower {self.floor_kwarg}"
             )
         self._static = minmax(static)
+        self._rest = [self._later_cost(t) / cost.reference for t in range(len(self.unit_spaces))]
         n = self._static.shape[1] + len(self.DYNAMIC_FEATURES)
         self.observation_space = spaces.Box(0.0, 1.0, (n,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -199,12 +200,12 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         """The cost the units after ``t`` can still give up: their cost at their dearest minus at
         their cheapest, with every unit up to ``t`` at its cheapest (AMC's ``rest`` feature, for
         costs that do not vanish at the cheap end; ChannelPrune overrides it with AMC's own:
-        the MACs of every layer touching a later group)."""
+        the MACs of every layer touching a later group). Called once per step at set-up: the
+        feature does not depend on the episode."""
         assert self.cost is not None
         head = [s.end(True, self.cost.increasing) for s in self.unit_spaces[: t + 1]]
-        return policy_cost(self.cost, self.unit_spaces, head, rest="dear") - float(self.cost(
-            head + [s.end(True, self.cost.increasing) for s in self.unit_spaces[t + 1 :]]
-        ))
+        return policy_cost(self.cost, self.unit_spaces, head, rest="dear") - policy_cost(
+            self.cost, self.unit_spaces, head, rest="cheap")
 
     def _normalise_value(self, t: int, value: float) -> float:
         """A value as an observation feature in [0, 1] (values already in [0, 1] unchanged)."""
@@ -219,7 +220,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         assert self.cost is not None
         ref = self.cost.reference
         removed = 1.0 - policy_cost(self.cost, self.unit_spaces, self.applied, rest="dear") / ref
-        rest = self._later_cost(t) / ref if self._t < self.num_steps else 0.0
+        rest = self._rest[t] if self._t < self.num_steps else 0.0
         prev = self._normalise_value(len(self.applied) - 1, self.applied[-1]) if self.applied else 1.0
         return [removed, rest, prev]
 

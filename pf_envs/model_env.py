@@ -17,6 +17,7 @@ A method subclasses it, declares its own kwargs in ``SETTINGS`` and implements f
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from typing import Any, ClassVar
 
@@ -244,12 +245,10 @@ class ModelCompressionEnv(CompressionEnv):
         return measured, {"reward_samples": len(self.reward_data)}
 
     # -- public ----------------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def total_macs(self) -> float:
         """MACs of the original model for one sample."""
-        if not hasattr(self, "_total_macs"):
-            self._total_macs = float(count_macs(self.model, self.input_size))
-        return self._total_macs
+        return float(count_macs(self.model, self.input_size))
 
     def compressed_model(self) -> nn.Module:
         """The compressed (and recovered) model of the last scored episode."""

@@ -14,7 +14,6 @@ fine-tuning batches). Re-training, export and the results tables start from here
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +78,7 @@ def replay(
     """
     import pf_envs  # noqa: F401  (registers the ids)
     from pf_envs.core import CompressionEnv
+    from pf_envs.model_env import ModelCompressionEnv
 
     policy, rec_seed, rec_reward = _policy_of(record)
     own = env is None
@@ -91,26 +91,11 @@ def replay(
         if not isinstance(base, CompressionEnv):
             raise TypeError(f"{env_id} is not a pocketflow-gym compression env")
         reward, info = base.play_policy(policy, seed=rec_seed if seed is None else seed)
-        model = base.compressed_model() if hasattr(base, "compressed_model") else None
+        model = base.compressed_model() if isinstance(base, ModelCompressionEnv) else None
     finally:
         if own:
             env.close()
     return Replayed(env_id, dict(env_kwargs or {}), policy, reward, info, model, rec_reward)
-
-
-def _read_episode(run_dir: Path, episode: int) -> dict[str, Any]:
-    path = run_dir / "episodes.jsonl"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist: {run_dir} holds no recorded episodes")
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a half-written line (the episode in flight)
-            if isinstance(rec, dict) and rec.get("episode") == episode:
-                return rec
-    raise ValueError(f"{path} has no episode {episode}")
 
 
 def replay_run(
@@ -122,20 +107,20 @@ def replay_run(
     """Replay the best episode of a run folder (or episode ``episode``) on the env and kwargs
     recorded in its ``config.json``; ``env_kwargs`` overrides some of them (e.g.
     ``reward_split="test"`` to score the same candidate on the test split)."""
+    from pf_agents.records import read_run  # the run folder's one reader (same damage rules)
+
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.json"
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{cfg_path} does not exist: {run_dir} is not a search run folder") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"cannot read {cfg_path} ({exc}): the run's config is damaged") from None
+    if not (run_dir / "config.json").is_file():
+        raise FileNotFoundError(f"{run_dir / 'config.json'} does not exist: {run_dir} is not a search run folder")
+    run = read_run(run_dir)
+    config = run.config
     if episode is None:
-        best = run_dir / "best.json"
-        if not best.is_file():
-            raise FileNotFoundError(f"{best} does not exist: the run has no scored episode yet")
-        record = json.loads(best.read_text(encoding="utf-8"))
+        if run.best is None:
+            raise FileNotFoundError(f"{run_dir} has no scored episode yet")
+        record = run.best
+    elif 0 <= int(episode) < len(run.episodes):
+        record = run.episodes[int(episode)]
     else:
-        record = _read_episode(run_dir, int(episode))
+        raise ValueError(f"{run_dir / 'episodes.jsonl'} has no episode {episode} (it holds {len(run.episodes)})")
     kwargs = {**config.get("env_kwargs", {}), **dict(env_kwargs or {})}
     return replay(config["env_id"], kwargs, record)

@@ -267,7 +267,6 @@ class ChannelPruneEnv(ModelCompressionEnv):
         spaces = [self._space(g) for g in self.step_groups]
         static = [self._static_row(i, g) for i, g in enumerate(self.step_groups)]
         self._setup_budget(spaces, ChannelMACs(self.table, self.step_groups), self.flops_budget, static)
-        self._rest = self._later_macs()
         self.pruner = ChannelPruner(
             self.model, self.table.groups, self._stats(),
             selection=s["selection"], reconstruct=bool(s["reconstruct"]),
@@ -321,15 +320,6 @@ class ChannelPruneEnv(ModelCompressionEnv):
             reader.stride[0], reader.kernel[0], self.table.group_macs(gid),
         ]
 
-    def _later_macs(self) -> list[float]:
-        """For each step, the MACs of every layer that touches a later step's group."""
-        out = []
-        for t in range(self.num_steps):
-            later = set(self.step_groups[t + 1 :])
-            out.append(float(sum(r.macs for r in self.table.rows
-                                 if {self.table.in_group.get(r.name), self.table.out_group.get(r.name)} & later)))
-        return out
-
     # -- core hooks --------------------------------------------------------------------------------
     def _round(self, t: int, value: float) -> float:
         """The nearest multiple of ``channel_round`` channels (at least the group's minimum);
@@ -351,7 +341,10 @@ class ChannelPruneEnv(ModelCompressionEnv):
         return {"group": gid, "keep_count": self._count(t, applied), "channels": self.table.groups[gid].channels}
 
     def _later_cost(self, t: int) -> float:
-        return self._rest[t]
+        """AMC's ``rest``: the MACs of every layer that touches a later step's group."""
+        later = set(self.step_groups[t + 1 :])
+        return float(sum(r.macs for r in self.table.rows
+                         if {self.table.in_group.get(r.name), self.table.out_group.get(r.name)} & later))
 
     def _policy_info(self) -> dict[str, Any]:
         return {
@@ -366,7 +359,7 @@ class ChannelPruneEnv(ModelCompressionEnv):
         return pruned
 
     def _candidate_macs(self, candidate: nn.Module) -> float:
-        return float(self.cost(self.applied)) if self.cost is not None else super()._candidate_macs(candidate)
+        return float(self.cost(self.applied))  # exact for physical pruning (tests/test_layers.py)
 
     @property
     def total_macs(self) -> float:
