@@ -1,7 +1,8 @@
-"""What one ChannelPrune episode costs, against one forward pass of the original model.
+"""What one episode costs, against one forward pass of the original model, for any env id.
 
-    python benchmarks/episode_cost.py                      # MobileNetV1 and ResNet20, defaults and ft_iters=0
-    python benchmarks/episode_cost.py --models ResNet20 --episodes 3 --memory-episodes 50
+    python benchmarks/episode_cost.py                      # ChannelPrune MobileNetV1 and ResNet20, defaults and ft_iters=0
+    python benchmarks/episode_cost.py --envs ChannelPrune-ResNet20-v0 --episodes 3 --memory-episodes 50
+    python benchmarks/episode_cost.py --envs UniformQuant-MobileNetV1-v0 --env-kwargs avg_bits=3
 
 For each env and setting: env construction (cold = statistics computed; warm = from the
 disk cache), reset, channel selection + reconstruction + removal, fine-tuning, BatchNorm
@@ -94,7 +95,8 @@ def memory(env_id: str, kwargs: dict, n: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["MobileNetV1", "ResNet20"])
+    p.add_argument("--envs", nargs="+", default=["ChannelPrune-MobileNetV1-v0", "ChannelPrune-ResNet20-v0"],
+                   help="registered env ids; each is timed at its defaults and with ft_iters=0")
     p.add_argument("--episodes", type=int, default=3, help="timed episodes per setting (after one warm-up)")
     p.add_argument("--memory-episodes", type=int, default=50)
     p.add_argument("--env-kwargs", default="", help="extra env kwargs k=v,k=v for every setting")
@@ -111,8 +113,7 @@ def main() -> None:
         print("MEMORY " + json.dumps(memory(args.memory_only, {**extra, "ft_iters": 0}, args.memory_episodes)))
         return
     rows, mem = [], []
-    for model in args.models:
-        env_id = f"ChannelPrune-{model}-v0"
+    for env_id in args.envs:
         for setting in ({}, {"ft_iters": 0}):
             rows.append(bench(env_id, {**extra, **setting}, args.episodes))
             print(json.dumps(rows[-1]), flush=True)
@@ -125,12 +126,12 @@ def main() -> None:
 
     cols = ["make_cold_s", "make_warm_s", "reset_s", "build_s", "finetune_s", "bn_s", "eval_s", "episode_s",
             "forward_s", "episode_over_forward"]
-    print(f"\n{'env':<30} {'ft':>4} " + " ".join(f"{c:>12}" for c in cols))
+    print(f"\n{'env':<34} {'ft':>7} " + " ".join(f"{c:>12}" for c in cols))
     for r in rows:
-        ft = r["kwargs"].get("ft_iters", 100)
-        print(f"{r['env']:<30} {ft:>4} " + " ".join(f"{r[c]:>12.3f}" for c in cols))
+        ft = r["kwargs"].get("ft_iters", "default")
+        print(f"{r['env']:<34} {ft:>7} " + " ".join(f"{r.get(c, float('nan')):>12.3f}" for c in cols))
     for m in mem:
-        print(f"{m['env']:<30} memory: " + ", ".join(f"{k}={v:.0f}" for k, v in m.items() if k != "env"))
+        print(f"{m['env']:<34} memory: " + ", ".join(f"{k}={v:.0f}" for k, v in m.items() if k != "env"))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({

@@ -41,6 +41,15 @@ from pf_agents.cli import parse_kwargs
 AGENTS = ("uniform", "random", "ddpg", "gp", "tpe")
 
 
+def budget_kwarg(env_id: str) -> str:
+    """The kwarg that sets ``env_id``'s budget (``flops_budget``, ``avg_bits``, ``sparsity``, ...)."""
+    cls = gym.spec(env_id).entry_point
+    if isinstance(cls, str):
+        module, _, name = cls.partition(":")
+        cls = getattr(__import__(module, fromlist=[name]), name)
+    return cls.budget_kwarg
+
+
 def rescore(env_id: str, env_kwargs: dict, raw_actions: list[float]) -> dict:
     """Play ``raw_actions`` in an env that scores on the whole test split."""
     env = gym.make(env_id, **{**env_kwargs, "reward_split": "test", "reward_samples": 10_000})
@@ -51,13 +60,16 @@ def rescore(env_id: str, env_kwargs: dict, raw_actions: list[float]) -> dict:
             break
     acc, n = info["accuracy"], info["reward_samples"]
     return {"test_accuracy": acc, "test_se": math.sqrt(acc * (1 - acc) / n), "test_images": n,
-            "flops_ratio": info["flops_ratio"], "params_ratio": info["params_ratio"]}
+            "cost_ratio": info["cost_ratio"], "cost_name": info["cost_name"],
+            "flops_ratio": info.get("flops_ratio", float("nan")), "params_ratio": info.get("params_ratio", float("nan"))}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--env", default="ChannelPrune-MobileNetV1-v0")
-    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3])
+    p.add_argument("--budgets", nargs="+", type=float, default=[0.5, 0.3],
+                   help="values of the env's budget kwarg (flops_budget for ChannelPrune, avg_bits for the "
+                        "quantization envs, sparsity for WeightSparse, ...)")
     p.add_argument("--agents", nargs="+", default=list(AGENTS), choices=list(AGENTS) + ["td3", "sac"])
     p.add_argument("--episodes", type=int, default=80, help="episodes per agent and budget")
     p.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -78,7 +90,7 @@ def main() -> None:
     rows = []
     t_start = time.time()
     for budget in args.budgets:
-        env_kwargs = {"flops_budget": budget, "ft_iters": 0, "reward_samples": args.reward_samples,
+        env_kwargs = {budget_kwarg(args.env): budget, "ft_iters": 0, "reward_samples": args.reward_samples,
                       **parse_kwargs(args.env_kwargs)}
         for seed in args.seeds:
             for agent in args.agents:
@@ -101,11 +113,11 @@ def main() -> None:
     print(f"\n{args.env}, ft_iters={extra.get('ft_iters', 0)}, {args.episodes} episodes per agent, "
           f"val reward on {args.reward_samples} images" + (f", env kwargs {extra}" if extra else ""))
     head = (("budget", 6), ("agent", -8), ("seed", 4), ("best val", 9), ("test acc", 9), ("+-se", 6),
-            ("flops", 6), ("params", 6))
+            ("cost", 6), ("flops", 6), ("params", 6))
     print(" ".join(f"{name:<{-w}}" if w < 0 else f"{name:>{w}}" for name, w in head))
     for r in rows:
         print(f"{r['budget']:>6} {r['agent']:<8} {r['seed']:>4} {100 * r['best_val_reward']:>9.2f} "
-              f"{100 * r['test_accuracy']:>9.2f} {100 * r['test_se']:>6.2f} {r['flops_ratio']:>6.3f} "
+              f"{100 * r['test_accuracy']:>9.2f} {100 * r['test_se']:>6.2f} {r['cost_ratio']:>6.3f} {r['flops_ratio']:>6.3f} "
               f"{r['params_ratio']:>6.3f}")
     summary = {}
     for budget in args.budgets:

@@ -7,10 +7,12 @@
 >>> pf_envs.replay_run("runs/ChannelPrune-ResNet20-v0__ddpg__seed0").model  # doctest: +SKIP
 """
 
+from pf_envs.compressed import load_compressed, save_compressed
 from pf_envs.policy_replay import Replayed, replay, replay_run
 from pf_envs.registry import ENV_IDS, METHODS, env_ids, register_all
 
 register_all()
 
-__all__ = ["ENV_IDS", "METHODS", "Replayed", "env_ids", "register_all", "replay", "replay_run"]
+__all__ = ["ENV_IDS", "METHODS", "Replayed", "env_ids", "load_compressed", "register_all", "replay", "replay_run",
+           "save_compressed"]
 __version__ = "0.1.0"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -255,6 +256,17 @@ class ModelCompressionEnv(CompressionEnv):
         if self._compressed is None:
             raise RuntimeError("no episode has been scored yet: play one to the end first (or play_policy)")
         return self._compressed
+
+    def policy_model(self, values: Sequence[float]) -> nn.Module:
+        """The candidate that the policy ``values`` builds, before any recovery (no
+        fine-tuning, no BatchNorm re-estimation, no scoring): the architecture a saved
+        compressed model is loaded into, and the starting point of re-training.
+
+        Raises:
+            ValueError: ``values`` is not a policy of this env (see :meth:`play_policy`).
+        """
+        self.play_policy(values, dry_run=True)
+        return self._build_candidate().cpu().eval()
 
     @classmethod
     def valid_kwargs(cls) -> tuple[str, ...]:

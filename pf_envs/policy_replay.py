@@ -34,6 +34,7 @@ class Replayed:
         info: the final step's info (accuracy, flops_ratio, ...).
         model: the compressed model (None for envs without one, e.g. ``Toy-v0``).
         recorded_reward: the reward in the record, where one was given.
+        model_fingerprint: the base model's fingerprint (None without a model).
     """
 
     env_id: str
@@ -43,6 +44,7 @@ class Replayed:
     info: dict[str, Any] = field(default_factory=dict)
     model: Any = None
     recorded_reward: float | None = None
+    model_fingerprint: str | None = None
 
 
 def _policy_of(record: Sequence[float] | Mapping[str, Any]) -> tuple[list[float], int | None, float | None]:
@@ -92,10 +94,11 @@ def replay(
             raise TypeError(f"{env_id} is not a pocketflow-gym compression env")
         reward, info = base.play_policy(policy, seed=rec_seed if seed is None else seed)
         model = base.compressed_model() if isinstance(base, ModelCompressionEnv) else None
+        fingerprint = base.model_fingerprint
     finally:
         if own:
             env.close()
-    return Replayed(env_id, dict(env_kwargs or {}), policy, reward, info, model, rec_reward)
+    return Replayed(env_id, dict(env_kwargs or {}), policy, reward, info, model, rec_reward, fingerprint)
 
 
 def replay_run(

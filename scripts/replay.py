@@ -4,8 +4,8 @@
 Rebuilds the candidate of a search's best episode (or episode ``--episode``) on the env and
 kwargs its ``config.json`` records (``pf_envs.replay_run``), prints its reward, accuracy and
 cost ratio, and with ``--save`` writes the compressed model's state dict (fp32 tensors, loadable
-with ``torch.load(..., weights_only=True)`` into the architecture a replay of the same policy
-builds) and a JSON record beside it (the policy, env and kwargs).
+with ``torch.load(..., weights_only=True)``) and its JSON record beside it (the policy, env and
+kwargs): ``pf_envs.load_compressed(path)`` rebuilds the model from the two.
 """
 
 import argparse
@@ -27,7 +27,6 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import pf_envs
-    from learners.atomic import atomic_torch_save, atomic_write_text
 
     overrides = {}
     if args.split:
@@ -54,13 +53,18 @@ def main(argv: list[str] | None = None) -> int:
         if out.model is None:
             print(f"error: {out.env_id} has no model to save", file=sys.stderr)
             return 2
-        path = Path(args.save)
-        atomic_torch_save({k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
-                           for k, v in out.model.state_dict().items()}, path)
-        atomic_write_text(path.with_suffix(".json"), json.dumps({**summary, "run_dir": str(args.run_dir),
-                                                                 "env_kwargs": out.env_kwargs}, indent=2) + "\n")
-        print(f"wrote {path} ({sum(p.numel() for p in out.model.parameters()):,} parameters) and "
-              f"{path.with_suffix('.json')}")
+        from pf_envs.compressed import save_compressed
+
+        try:
+            rec = save_compressed(out.model, args.save, env_id=out.env_id, env_kwargs=out.env_kwargs,
+                                  policy=out.policy, model_fingerprint=out.model_fingerprint,
+                                  metrics={k: v for k, v in summary.items() if k not in ("env", "policy")},
+                                  source={"run_dir": str(args.run_dir), "episode": summary["episode"]})
+        except TypeError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {args.save} ({sum(p.numel() for p in out.model.parameters()):,} parameters) and {rec}; "
+              "load it with pf_envs.load_compressed")
     return 0
 
 
