@@ -19,7 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -256,6 +256,14 @@ class ModelCompressionEnv(CompressionEnv):
         if self._compressed is None:
             raise RuntimeError("no episode has been scored yet: play one to the end first (or play_policy)")
         return self._compressed
+
+    def retrain_hook(self, model: nn.Module, total_steps: int) -> Callable[[nn.Module, int], None] | None:
+        """What re-training (``scripts/retrain.py``) must do after every optimizer step of
+        ``total_steps`` to keep this method's compression in ``model`` (a :meth:`policy_model`),
+        called as ``hook(model, step)``: e.g. re-apply sparsity masks on a schedule. None (the
+        default): nothing, the architecture itself holds the compression (pruned channels,
+        fake quantizers inside the modules)."""
+        return None
 
     def policy_model(self, values: Sequence[float]) -> nn.Module:
         """The candidate that the policy ``values`` builds, before any recovery (no
