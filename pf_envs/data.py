@@ -205,6 +205,13 @@ class TensorSplit:
                 images = self.augment(images, generator)
             yield self.normalise(images), self.labels[idx]
 
+    def select(self, indices: Sequence[int], name: str | None = None) -> TensorSplit:
+        """The images at ``indices``, in that order (a process's share of an epoch in
+        distributed re-training)."""
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return TensorSplit(name or f"{self.name}[selected {len(idx)}]", self.images[idx], self.labels[idx],
+                           self.mean, self.std, self.num_classes)
+
     def subset(self, n: int, seed: int = 0) -> TensorSplit:
         if n >= len(self):
             return self
@@ -294,6 +301,13 @@ class FolderSplit:
         )
         for images, labels in loader:
             yield images.contiguous(memory_format=torch.channels_last), labels
+
+    def select(self, indices: Sequence[int], name: str | None = None) -> FolderSplit:
+        """The images at ``indices``, in that order (a process's share of an epoch in
+        distributed re-training)."""
+        idx = list(indices)
+        return FolderSplit(name or f"{self.name}[selected {len(idx)}]", [self.samples[i] for i in idx],
+                           self.num_classes, self.input_size, self.mean, self.std, self.num_workers)
 
     def subset(self, n: int, seed: int = 0) -> FolderSplit:
         if n >= len(self):
