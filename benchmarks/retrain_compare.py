@@ -71,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--out", default=str(REPO / "runs" / "retrain_compare"), help="folder of the re-trained models")
+    p.add_argument("--train-images", type=int, default=None,
+                   help="re-train on a fixed subset of the training split (default: all of it)")
+    p.add_argument("--val-images", type=int, default=None, help="validation images per epoch (default: all)")
     p.add_argument("--parallel", type=int, default=4, help="re-trainings run at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per re-training")
     p.add_argument("--json", default=str(REPO / "benchmarks" / "results" / "retrain_compare.json"))
@@ -86,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
         meta = {"env_id": env_id, "env_kwargs": env_kwargs, "policies": pols, "dense": dense, "run": args.run}
         atomic_write_text(meta_path, json.dumps(meta, indent=2) + "\n")
     recipe = ["--epochs", str(args.epochs), "--lr", str(args.lr), "--batch-size", str(args.batch_size)]
+    if args.train_images:
+        recipe += ["--train-images", str(args.train_images)]
+    if args.val_images:
+        recipe += ["--val-images", str(args.val_images)]
     jobs = []
     for pol in ("searched", "uniform"):
         for distill in (False, True):
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         r = json.loads(rec.read_text())
         cfg = r.get("source", {}).get("config", {})
         same = (cfg.get("epochs") == args.epochs and cfg.get("lr") == args.lr
-                and cfg.get("batch_size") == args.batch_size)
+                and cfg.get("batch_size") == args.batch_size
+                and r["metrics"].get("train_images") == (args.train_images or r["metrics"].get("train_images")))
         return r if same else None
 
     todo = [j for j in jobs if finished(j[0]) is None]
@@ -132,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         m = r["metrics"]
         rows.append({"name": name, "policy": pol, "distill": distill, "test_accuracy": m["test_accuracy"],
+                     "test_images": m["test_images"], "train_images": m["train_images"], "val_images": m["val_images"],
                      "val_accuracy": m["val_accuracy"], "epochs": m["epochs"], "steps": m["steps"],
                      "wall_time_s": m["wall_time_s"], "macs_ratio": meta["policies"][pol]["macs_ratio"],
                      "params_ratio": meta["policies"][pol]["params_ratio"],
@@ -139,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                      "epoch_val_acc": [h.get("val_acc") for h in m["history"]]})
     dense = meta["dense"]
     print(f"\n{meta['env_id']} {kwargs_text(meta['env_kwargs'])}; {args.epochs} epochs, lr {args.lr}, "
-          f"batch {args.batch_size}, {args.threads} thread(s) each")
+          f"batch {args.batch_size}, {args.threads} thread(s) each, "
+          f"{args.train_images or 'all'} training images")
     print(f"{'model':<20}{'MACs':>7}{'params':>8}{'search acc':>12}{'val acc':>9}{'test acc':>10}{'wall s':>9}")
     print(f"{'dense':<20}{1.0:>7.3f}{1.0:>8.3f}{dense['search_accuracy']:>12.4f}{'':>9}{dense['test_accuracy']:>10.4f}"
           f"{dense['eval_s']:>9.0f}")
@@ -147,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['name']:<20}{r['macs_ratio']:>7.3f}{r['params_ratio']:>8.3f}{r['search_accuracy']:>12.4f}"
               f"{r['val_accuracy']:>9.4f}{r['test_accuracy']:>10.4f}{r['wall_time_s']:>9.0f}")
     result = {"env_id": meta["env_id"], "env_kwargs": meta["env_kwargs"], "run": meta["run"],
-              "recipe": {"epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "momentum": 0.9,
+              "recipe": {"epochs": args.epochs, "train_images": args.train_images, "val_images": args.val_images,
+                         "lr": args.lr, "batch_size": args.batch_size, "momentum": 0.9,
                          "weight_decay": 5e-4, "schedule": "cosine", "distill_weight": 4.0,
                          "distill_temperature": 4.0},
               "threads_per_run": args.threads, "parallel": args.parallel, "dense": dense,

@@ -71,7 +71,9 @@ class Distillation:
     def teacher_logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.teacher(images)
 
-    def combined(self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def combined(
+        self, logits: torch.Tensor, images: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(total loss, task loss)`` for the student's ``logits`` on ``images``."""
         task = nn.functional.cross_entropy(logits.float(), labels, label_smoothing=self.label_smoothing)
         if self.weight == 0:

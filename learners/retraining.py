@@ -143,7 +143,8 @@ def _read_state(path: Path, cfg: RetrainConfig, identity: str) -> dict[str, Any]
     except TensorFileError as exc:
         raise StateMismatchError(f"cannot read the re-training state {path}: {exc.reason}; {restart}") from None
     except OSError as exc:
-        raise StateMismatchError(f"cannot read the re-training state {path} ({exc.strerror or exc}); {restart}") from exc
+        raise StateMismatchError(
+            f"cannot read the re-training state {path} ({exc.strerror or exc}); {restart}") from exc
     if not isinstance(state, dict) or state.get("kind") != "retrain-state":
         raise StateMismatchError(f"{path} is not a re-training state file (written by learners.retraining.retrain); "
                                  f"{restart}, or pass another --out")
@@ -207,7 +208,8 @@ def retrain(
     ctx = ctx or DistributedContext()
     world, rank = ctx.world_size, ctx.rank
     if cfg.batch_size % world:
-        raise ValueError(f"batch_size={cfg.batch_size} does not divide among {world} processes: pass a multiple of {world}")
+        raise ValueError(
+            f"batch_size={cfg.batch_size} does not divide among {world} processes: pass a multiple of {world}")
     local_batch = cfg.batch_size // world
     n = len(train_data)
     steps_per_epoch = (n // world) // local_batch  # == n // batch_size
@@ -218,7 +220,7 @@ def retrain(
         raise ValueError("cfg.distill is set but no teacher was given")
     distill = (Distillation(teacher.to(ctx.device), cfg.distill_weight, cfg.distill_temperature, cfg.label_smoothing)
                if cfg.distill else None)
-    model.to(ctx.device)
+    model.to(ctx.device).to(memory_format=torch.channels_last)  # the data's layout: faster convolutions on CPU
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                           weight_decay=cfg.weight_decay)
     history: list[dict[str, Any]] = []

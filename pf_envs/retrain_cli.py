@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     src = p.add_argument_group("the policy (exactly one)")
     src.add_argument("--run", help="a search run folder (its best episode, or --episode)")
-    src.add_argument("--record", help="best.json, episodes.jsonl (best line or --episode), or a compressed model's .json")
+    src.add_argument("--record",
+                     help="best.json, episodes.jsonl (best line or --episode), or a compressed model's .json")
     src.add_argument("--policy", type=lambda s: [float(v) for v in s.split(",") if v.strip()],
                      help="the applied values, comma-separated (with --env and --env-kwargs)")
     src.add_argument("--episode", type=int, default=None, help="episode index in the run / episodes.jsonl")
@@ -156,15 +157,22 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     except (FileNotFoundError, ValueError, TypeError) as exc:
         return _fail(str(exc))
     writer = None
-    if ctx.is_main and not args.no_tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(out / "tensorboard" / args.name))
-    scalar = writer.add_scalar if writer is not None else None
+    def scalar(tag: str, value: float, step: int) -> None:
+        # opened at the first value, so that a run refused before training writes nothing; a resumed
+        # run drops the curves' points after its state file's step (purge_step)
+        nonlocal writer
+        if writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(out / "tensorboard" / args.name), purge_step=step)
+        writer.add_scalar(tag, value, step)
+
     try:
         result = retrain(model, train_data, cfg, ctx=ctx, teacher=teacher, val_data=val_data,
                          make_step_hook=base.retrain_hook, state_path=state_path, identity=identity,
-                         identity_text=identity_text, scalar=scalar, log=log, progress=not args.no_progress)
+                         identity_text=identity_text, scalar=None if args.no_tensorboard else scalar, log=log,
+                         progress=not args.no_progress)
     except StateMismatchError as exc:
         return _fail(str(exc))
     except ValueError as exc:

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import nn
 
 #: env kwargs that say where or how an env runs, not what it builds (left out of the identity).
@@ -101,8 +100,8 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc}): the file is damaged; pass another record or "
-                         "write it again (a search's best.json, an episodes.jsonl line, a compressed model's .json)") from None
+        raise ValueError(f"{path} is not valid JSON ({exc}): the file is damaged; pass another record or write it "
+                         "again (a search's best.json, an episodes.jsonl line, a compressed model's .json)") from None
 
 
 def _check_policy(values: Any, where: str) -> list[float]:
@@ -267,8 +266,9 @@ def group_finetune(
     if group_size < 1:
         raise ValueError(f"group_size={group_size}: must be >= 1")
     if not (hasattr(base, "step_groups") and hasattr(base, "table") and hasattr(base, "_count")):
-        raise ValueError(f"--group-size is group fine-tuning for channel pruning; {base.spec.id if base.spec else type(base).__name__} "
-                         "has no channel groups: leave --group-size out")
+        name = base.spec.id if base.spec else type(base).__name__
+        raise ValueError(f"--group-size is group fine-tuning for channel pruning; {name} has no channel groups: "
+                         "leave --group-size out")
     direct = base.policy_model(policy)  # plays the policy: base.applied is what it builds
     target = {gid: base._count(t, v) for t, (gid, v) in enumerate(zip(base.step_groups, base.applied))}
     step_of = {gid: t for t, gid in enumerate(base.step_groups)}
