@@ -5,7 +5,7 @@
     python scripts/retrain.py --record out/retrained.json --epochs 10 --out out2/    # re-train a saved model again
     python scripts/retrain.py --policy 0.5,0.5,... --env ChannelPrune-ResNet20-v0 --env-kwargs flops_budget=0.5 ...
     python scripts/retrain.py --run ... --group-size 3 --group-ft-iters 200          # PocketFlow group fine-tuning
-    torchrun --standalone --nproc_per_node=2 scripts/retrain.py --run ... --out out/  # DistributedDataParallel
+    torchrun --standalone --nproc_per_node=2 scripts/retrain.py --run-dir ... --out out/  # DistributedDataParallel
 
 Writes ``OUT/NAME.pt`` + ``OUT/NAME.json`` (a compressed model: ``pf_envs.load_compressed``),
 ``OUT/NAME.state`` (resume state, every epoch) and TensorBoard curves under ``OUT/tensorboard/NAME``.
@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="retrain", description="Re-train the compressed model of a searched policy.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     src = p.add_argument_group("the policy (exactly one)")
-    src.add_argument("--run", help="a search run folder (its best episode, or --episode)")
+    src.add_argument("--run", "--run-dir", dest="run",
+                     help="a search run folder (its best episode, or --episode); under torchrun spell it --run-dir "
+                          "(torchrun's own parser reads --run as an abbreviation of its --run-path)")
     src.add_argument("--record",
                      help="best.json, episodes.jsonl (best line or --episode), or a compressed model's .json")
     src.add_argument("--policy", type=lambda s: [float(v) for v in s.split(",") if v.strip()],

@@ -280,7 +280,7 @@ def test_torchrun_two_processes_match_one(run_dir, retrained, tmp_path):
     optimizer steps as one process with the same global batch, one model file, rank 0 alone writes."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "scripts" / "retrain.py"), "--run", str(run_dir), "--epochs", "1", "--out", str(tmp_path),
+           str(REPO / "scripts" / "retrain.py"), "--run-dir", str(run_dir), "--epochs", "1", "--out", str(tmp_path),
            *SMALL_RUN]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
