@@ -85,10 +85,15 @@ def export_onnx(
 
 
 def session(path: str | os.PathLike[str], *, threads: int = 1) -> Any:
-    """A fresh ONNX Runtime CPU session of ``path`` (``threads`` intra-op threads)."""
+    """A fresh ONNX Runtime CPU session of ``path`` (an ``.onnx`` or ``.ort`` file;
+    ``threads`` intra-op threads)."""
     import onnxruntime as ort
 
-    load_onnx(path)  # clear error for a missing or non-ONNX file
+    if Path(path).suffix == ".ort":
+        if not Path(path).is_file():
+            raise QuantizationError(f"{path} does not exist; convert it again (convert_to_ort_format)")
+    else:
+        load_onnx(path)  # clear error for a missing or non-ONNX file
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
