@@ -84,9 +84,15 @@ def export_onnx(
         model.train(was_training)
 
 
-def session(path: str | os.PathLike[str], *, threads: int = 1) -> Any:
+def session(path: str | os.PathLike[str], *, threads: int = 1, optimize: bool = True) -> Any:
     """A fresh ONNX Runtime CPU session of ``path`` (an ``.onnx`` or ``.ort`` file;
-    ``threads`` intra-op threads)."""
+    ``threads`` intra-op threads).
+
+    ``optimize=False`` turns ORT's graph optimizations off: a QDQ int8 graph then runs its
+    QuantizeLinear / DequantizeLinear and float ops one by one (ORT's reference path), which
+    computes the int8 model's arithmetic exactly, free of any int8 kernel's shortcuts (x86
+    AVX2 without VNNI saturates 16-bit pair sums in its u8s8 kernels).
+    """
     import onnxruntime as ort
 
     if Path(path).suffix == ".ort":
@@ -98,6 +104,8 @@ def session(path: str | os.PathLike[str], *, threads: int = 1) -> Any:
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
+    if not optimize:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
         return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types

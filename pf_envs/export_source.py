@@ -125,7 +125,8 @@ def load_export_source(
                 "state_sha1": record.get("state_sha1"), "base_model": base.model_name,
                 "metrics": record.get("metrics", {}),
             }
-            arch = base.spec.name if base.spec is not None else base.model_name
+            # base.model_name is the zoo name (gym.make replaces base.spec with its EnvSpec)
+            arch = base.model_name
             data, size = base.data, int(base.input_size)
         finally:
             env.close()
@@ -159,14 +160,26 @@ def imagenet_twin(src: ExportSource, *, seed: int = 0) -> nn.Module:
     """
     from learners.channel_match import match_channels
 
-    spec = zoo.get_spec(src.arch)
+    try:
+        spec = zoo.get_spec(src.arch)
+    except KeyError:
+        raise ValueError(f"{src.arch} is not a zoo architecture: no ImageNet-shaped variant to build; "
+                         "drop --imagenet-twin for this model") from None
     if "imagenet" not in spec.builders:
         raise ValueError(f"{spec.name} has no ImageNet-shaped variant in the zoo (variants: {sorted(spec.builders)}); "
                          "drop --imagenet-twin for this model")
     torch.manual_seed(seed)
     twin = zoo.create_model(spec.name, "imagenet").eval()
     head = [n for n, m in twin.named_modules() if isinstance(m, nn.Linear)][-1:]
-    return match_channels(twin, src.model, example=torch.zeros(1, 3, 64, 64), keep_outputs=tuple(head))
+    twin = match_channels(twin, src.model, example=torch.zeros(1, 3, 64, 64), keep_outputs=tuple(head))
+    # He init on the pruned widths keeps activations at unit scale through the depth (PyTorch's
+    # default init shrinks them to ~1e-11 by the last layer), so the twin's int8 ranges are not
+    # degenerate.
+    with torch.no_grad():
+        for m in twin.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+    return twin
 
 
 #: Normalisation of the ImageNet twins (what an ImageNet model of the zoo expects).

@@ -27,6 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (files are replaced atomically)")
     p.add_argument("--int8", action="store_true", help="also write the static int8 model")
     p.add_argument("--calib-images", type=int, default=512, help="training images for int8 calibration (512)")
+    p.add_argument("--int8-target", choices=["arm", "x86"], default="arm",
+                   help="int8 settings: arm (int8 activations, 8-bit weights; also x86 with VNNI; default) or "
+                        "x86 (uint8 activations, 7-bit weights, for x86 without VNNI)")
+    p.add_argument("--no-exact-int8", action="store_true",
+                   help="skip scoring int8 with ORT's reference ops (the exact int8 arithmetic; slower)")
     p.add_argument("--ort-format", action="store_true", help="also write .ort files for ONNX Runtime Mobile")
     p.add_argument("--test-samples", type=int, default=None,
                    help="test images to score every file on (default: the whole test split; 0: none)")
@@ -44,8 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.calib_images < 1 or (args.test_samples is not None and args.test_samples < 0):
         p.error("--calib-images must be >= 1 and --test-samples >= 0")
 
+    import signal
+
     import torch
 
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the staging folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
     from learners.deploy_bundle import BundleError
     from learners.onnx_export import ExportError
@@ -72,6 +81,7 @@ def _export(args: argparse.Namespace) -> int:
     size = args.input_size or src.input_size
     print(f"{args.model}: {src.kind} {src.arch}, {sum(p.numel() for p in src.model.parameters()):,} parameters, "
           f"input {size}x{size}")
+    twin = imagenet_twin(src) if args.imagenet_twin else None  # fails before anything is written
     calib_u8, _ = src.uint8_images("train", args.calib_images, seed=1)
 
     def batches(images: np.ndarray, mean, std, side: int, batch: int = 64):
@@ -95,12 +105,12 @@ def _export(args: argparse.Namespace) -> int:
         src.model, args.out, input_size=size, mean=src.mean, std=src.std, class_names=src.class_names,
         macs=count_macs(src.model, size),
         calibration=(lambda: batches(calib_u8, src.mean, src.std, size)) if args.int8 else None,
-        test=test, ort_format=args.ort_format, source=source,
+        test=test, ort_format=args.ort_format, int8_target=args.int8_target, exact_int8=not args.no_exact_int8,
+        source=source,
         extra={"calibration_images": args.calib_images if args.int8 else None, "twin": None},
     )
     _summary(args.out, manifest)
-    if args.imagenet_twin:
-        twin = imagenet_twin(src)
+    if twin is not None:
         out = Path(args.out) / "imagenet-twin"
         print(f"imagenet twin: {sum(p.numel() for p in twin.parameters()):,} parameters, "
               f"input {TWIN_INPUT_SIZE}x{TWIN_INPUT_SIZE}, random weights (latency only)")
@@ -111,7 +121,7 @@ def _export(args: argparse.Namespace) -> int:
             else [str(i) for i in range(1000)],
             macs=count_macs(twin, TWIN_INPUT_SIZE),
             calibration=(lambda: batches(twin_calib, TWIN_MEAN, TWIN_STD, TWIN_INPUT_SIZE, 16)) if args.int8 else None,
-            test=None, ort_format=args.ort_format,
+            test=None, ort_format=args.ort_format, int8_target=args.int8_target,
             source={**source, "twin_of": str(args.model), "weights": "random (latency only)"},
             extra={"calibration_images": len(twin_calib) if args.int8 else None,
                    "twin": {"of": str(Path(args.out).resolve()), "dataset": "imagenet-shaped",
@@ -126,6 +136,8 @@ def _summary(out, manifest) -> None:
     print(f"{out}/manifest.json:")
     for m in manifest["models"]:
         acc = "n/a" if m["test_accuracy"] is None else f"{100 * m['test_accuracy']:.2f}% ({m['test_images']})"
+        if "test_accuracy_exact" in m:
+            acc += f", exact int8 arithmetic {100 * m['test_accuracy_exact']:.2f}%"
         print(f"  {m['name']:<9} {m['file']:<18} {m['size_bytes'] / 1e6:7.2f} MB  {m['macs'] / 1e6:8.1f} MMACs  "
               f"test {acc}")
 

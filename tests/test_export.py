@@ -60,6 +60,10 @@ def test_int8_stays_close_to_fp32(resnet20, data, tmp_path):
     logits8 = ox.run_logits(ox.session(int8), data[1])
     assert (logits8.argmax(1) == logits32.argmax(1)).mean() > 0.95
     assert int8.stat().st_size < 0.5 * fp32.stat().st_size
+    # ORT's x86-without-VNNI settings: uint8 activations, 7-bit weights
+    x86 = oq.quantize_int8(prep, tmp_path / "x86.onnx", ranges, activation_type="uint8", reduce_range=True)
+    acc_x86, _ = ox.accuracy(ox.session(x86), [(data[1], data[2])])
+    assert abs(acc_x86 - acc32) <= 0.03, (acc32, acc_x86)
 
 
 def test_ranges_are_computed_once_and_reused(resnet20, tmp_path, monkeypatch):
@@ -129,3 +133,148 @@ def test_quantization_bad_inputs_are_clear_errors(resnet20, tmp_path):
         oq.CalibrationRanges.load(tmp_path / "r.json")
     assert not list(tmp_path.glob("*.tmp*"))  # nothing half-written left behind
     json.dumps(ranges.to_dict())
+
+
+# ------------------------------------------------------------------ scripts/export.py, bundles
+ENV = "ChannelPrune-ResNet20-v0"
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory, cifar_root):
+    """A ResNet-20 pruned to 50% MACs (uniform policy, no fine-tuning), saved as .pt + .json."""
+    import gymnasium as gym
+    from conftest import SMALL_ENV_KWARGS
+
+    import pf_envs
+    from baselines.uniform import equal_value_policy
+    from pf_envs.compressed import save_compressed
+
+    kwargs = {**SMALL_ENV_KWARGS, "flops_budget": 0.5}
+    env = gym.make(ENV, **kwargs)
+    policy, _ = equal_value_policy(env.unwrapped)
+    out = pf_envs.replay(ENV, kwargs, policy, env=env)
+    path = tmp_path_factory.mktemp("compressed") / "r20_half.pt"
+    save_compressed(out.model, path, env_id=ENV, env_kwargs=kwargs, policy=out.policy,
+                    model_fingerprint=out.model_fingerprint)
+    return out.model, path
+
+
+def _export(argv):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("export_cli", Path(__file__).parents[1] / "scripts" / "export.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.main([str(a) for a in argv])
+
+
+def test_cli_exports_a_compressed_model(compressed, tmp_path, capsys):
+    from learners.deploy_bundle import normalise, read_manifest
+    from pf_envs import zoo
+
+    model, path = compressed
+    out = tmp_path / "bundle"
+    assert _export([path, "--out", out, "--int8", "--ort-format", "--test-samples", 200, "--calib-images", 64]) == 0
+    manifest = read_manifest(out)  # validates the schema and that every file is there
+    assert [m["name"] for m in manifest["models"]] == ["fp32", "int8", "fp32-ort", "int8-ort"]
+    assert manifest["input"] == {"name": "input", "shape": [None, 3, 32, 32], "dtype": "float32", "layout": "NCHW"}
+    assert manifest["calibration_images"] == 64 and manifest["checks"]["fp32_vs_torch"]["max_abs"] < ox.FP32_ATOL
+    src = manifest["source"]
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert src["env_id"] == ENV and src["policy"] == record["policy"] and src["file"] == str(path)
+    assert src["state_sha1"] == record["state_sha1"] and src["model_fingerprint"] == record["model_fingerprint"]
+    assert len(src["record_sha1"]) == 16
+    dense = zoo.load("resnet20")
+    fp32 = manifest["models"][0]
+    assert fp32["params"] == sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in dense.parameters())
+    dense_onnx = ox.export_onnx(dense, tmp_path / "dense.onnx")
+    assert fp32["size_bytes"] < 0.75 * dense_onnx.stat().st_size  # a physically smaller graph
+    # The benchmark's path: test.npz + the manifest's preprocessing reproduce every accuracy.
+    data = np.load(out / manifest["test_data"])
+    assert data["images"].dtype == np.uint8 and data["images"].shape == (200, 32, 32, 3)
+    assert data["labels"].dtype == np.int64
+    pre = manifest["preprocess"]
+    x = normalise(data["images"], pre["mean"], pre["std"])
+    for m in manifest["models"]:
+        logits = ox.run_logits(ox.session(out / m["file"]), x)
+        assert m["test_images"] == 200
+        assert (logits.argmax(1) == data["labels"]).mean() == pytest.approx(m["test_accuracy"])
+    int8 = manifest["models"][1]
+    assert abs(int8["test_accuracy_exact"] - fp32["test_accuracy"]) <= 0.03  # the int8 arithmetic itself
+    assert manifest["checks"]["int8_drop_points_exact"] == pytest.approx(
+        100 * (fp32["test_accuracy"] - int8["test_accuracy_exact"]))
+    assert manifest["quantization"]["target"] == "arm" and manifest["quantization"]["reduce_range"] is False
+    assert not list(tmp_path.glob(".*tmp*"))  # the staging folder is gone
+
+
+def test_cli_bad_inputs_are_clear_errors(compressed, tmp_path, capsys):
+    _, path = compressed
+    out = tmp_path / "o"
+
+    def fails(argv, match):
+        assert _export([*argv, "--out", out, "--test-samples", 0]) == 2
+        err = capsys.readouterr().err
+        assert match in err, err
+        assert not out.exists() and not list(tmp_path.glob(".*tmp*"))  # nothing half-written
+
+    fails([tmp_path / "none.pt"], "does not exist")
+    fails(["no_such_model"], "neither a compressed-model file")
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(path.read_bytes()[:200])
+    (tmp_path / "bad.json").write_text(path.with_suffix(".json").read_text())
+    fails([bad], "write it again")
+    (tmp_path / "junk.pt").write_bytes(path.read_bytes())
+    (tmp_path / "junk.json").write_text("{ not json")
+    fails([tmp_path / "junk.pt"], "not a valid JSON record")
+    other = json.loads(path.with_suffix(".json").read_text())
+    other["model_fingerprint"] = "0" * 16  # a record made from another base model
+    (tmp_path / "other.pt").write_bytes(path.read_bytes())
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    fails([tmp_path / "other.pt"], "fingerprint")
+    fails(["resnet20", "--imagenet-twin"], "no ImageNet-shaped variant")
+
+
+def test_manifest_schema_is_checked(tmp_path):
+    from learners.deploy_bundle import BundleError, read_manifest, validate_manifest
+
+    good = {
+        "format": "pocketflow-gym/deploy-manifest/1",
+        "models": [{"name": "fp32", "file": "model.onnx", "precision": "fp32", "macs": 1, "params": 1,
+                    "size_bytes": 1, "test_accuracy": None, "test_images": None}],
+        "input": {"name": "input", "shape": [None, 3, 224, 224], "dtype": "float32", "layout": "NCHW"},
+        "preprocess": {"scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3},
+        "class_names": ["a"], "test_data": None, "source": {},
+    }
+    validate_manifest(good)
+    for key, value, match in [("format", "x", "format"), ("models", [], "models"),
+                              ("input", {**good["input"], "shape": [1, 3, 2, 2]}, "input.shape"),
+                              ("preprocess", {"scale": 1}, "preprocess")]:
+        with pytest.raises(BundleError, match=match):
+            validate_manifest({**good, key: value})
+    with pytest.raises(BundleError, match="precision"):
+        validate_manifest({**good, "models": [{**good["models"][0], "precision": "int4"}]})
+    with pytest.raises(BundleError, match="relative"):
+        validate_manifest({**good, "models": [{**good["models"][0], "file": "../x.onnx"}]})
+    with pytest.raises(BundleError, match="missing"):
+        validate_manifest(good, tmp_path)
+    with pytest.raises(BundleError, match="does not exist"):
+        read_manifest(tmp_path)
+
+
+def test_imagenet_twin_takes_the_channel_counts():
+    from learners.channel_match import channel_counts, match_channels
+    from learners.coupling import coupled_groups, remove_channels
+    from pf_envs import zoo
+
+    torch.manual_seed(0)
+    cifar = zoo.create_model("mobilenet_v1").eval()
+    groups = coupled_groups(cifar, torch.zeros(1, 3, 32, 32), ignored=["classifier"])
+    remove_channels(cifar, [(g, range(g.channels // 2 + 8 * (i % 3), g.channels)) for i, g in enumerate(groups)])
+    twin = match_channels(zoo.create_model("mobilenet_v1", "imagenet"), cifar, keep_outputs=("classifier",))
+    ref, got = channel_counts(cifar), channel_counts(twin)
+    assert {k: v for k, v in got.items() if k != "classifier"} == {k: v for k, v in ref.items() if k != "classifier"}
+    assert got["classifier"] == (ref["classifier"][0], 1000)
+    assert twin(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="not the same architecture"):
+        match_channels(zoo.create_model("mobilenet_v1", "imagenet"), zoo.create_model("resnet20"))
