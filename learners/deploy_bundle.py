@@ -92,6 +92,7 @@ def write_bundle(
     ort_format: bool = False,
     int8_target: str = "arm",
     exact_int8: bool = True,
+    check_samples: int | None = None,
     source: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = _log,
@@ -119,6 +120,8 @@ def write_bundle(
         exact_int8: also score the int8 ONNX file with ORT's graph optimizations off
             (``test_accuracy_exact``: the int8 arithmetic itself, what ARM / VNNI kernels
             compute; slower).
+        check_samples: score the secondary entries (exact int8, ``.ort`` files) on the first
+            this many test images only (``test_images`` says how many); None: all.
         source / extra: provenance and extra top-level keys for the manifest.
 
     Raises:
@@ -140,7 +143,7 @@ def write_bundle(
         manifest = _build(model, stage, input_size=input_size, mean=mean, std=std, class_names=class_names,
                           macs=macs, calibration=calibration, test=test, check_images=check_images,
                           ort_format=ort_format, int8_target=int8_target, exact_int8=exact_int8,
-                          source=source, extra=extra, log=log)
+                          check_samples=check_samples, source=source, extra=extra, log=log)
         out_dir.mkdir(parents=True, exist_ok=True)
         stale = out_dir / MANIFEST_NAME
         stale.unlink(missing_ok=True)  # a reader never pairs an old manifest with new files
@@ -174,26 +177,31 @@ def _num_outputs(model: nn.Module, input_size: int) -> int:
 
 
 def _build(model, stage: Path, *, input_size, mean, std, class_names, macs, calibration, test, check_images,
-           ort_format, int8_target, exact_int8, source, extra, log) -> dict[str, Any]:
+           ort_format, int8_target, exact_int8, check_samples, source, extra, log) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     models: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
 
-    def entry(name: str, file: str, precision: str, exact: bool = False) -> dict[str, Any]:
+    sub = test
+    if test is not None and check_samples is not None and check_samples < len(test.labels):
+        sub = TestSet(test.images[:check_samples], test.labels[:check_samples])
+
+    def entry(name: str, file: str, precision: str, exact: bool = False, on: TestSet | None = test) -> dict[str, Any]:
         path = stage / file
         acc = n = None
         out: dict[str, Any] = {}
-        if test is not None:
+        if on is not None:
             t = time.perf_counter()
-            acc, n = ox.accuracy(ox.session(path), _batches(test, mean, std))
+            acc, n = ox.accuracy(ox.session(path), _batches(on, mean, std))
             log(f"  {name:<9} {file:<18} test accuracy {100 * acc:.2f}% on {n} images "
                 f"({time.perf_counter() - t:.0f} s)")
             if exact:
                 t = time.perf_counter()
-                out["test_accuracy_exact"], _ = ox.accuracy(ox.session(path, optimize=False),
-                                                           _batches(test, mean, std))
+                out["test_accuracy_exact"], out["test_images_exact"] = ox.accuracy(
+                    ox.session(path, optimize=False), _batches(sub, mean, std))
                 log(f"  {name:<9} {file:<18} exact int8 arithmetic (ORT reference ops) "
-                    f"{100 * out['test_accuracy_exact']:.2f}% ({time.perf_counter() - t:.0f} s)")
+                    f"{100 * out['test_accuracy_exact']:.2f}% on {out['test_images_exact']} images "
+                    f"({time.perf_counter() - t:.0f} s)")
         return {"name": name, "file": file, "precision": precision, "macs": int(macs), "params": int(params),
                 "size_bytes": path.stat().st_size, "test_accuracy": acc, "test_images": n, **out}
 
@@ -228,6 +236,9 @@ def _build(model, stage: Path, *, input_size, mean, std, class_names, macs, cali
             checks["int8_drop_points"] = 100 * (fp32_acc - int8["test_accuracy"])
             checks["host_int8_kernels"] = _host_kernels()
             if "test_accuracy_exact" in int8:
+                if int8["test_images_exact"] != int8["test_images"]:  # the fp32 figure on the same images
+                    fp32_acc, _ = ox.accuracy(ox.session(stage / "model.onnx"), _batches(sub, mean, std))
+                    checks["fp32_accuracy_on_exact_images"] = fp32_acc
                 checks["int8_drop_points_exact"] = 100 * (fp32_acc - int8["test_accuracy_exact"])
             drop = checks.get("int8_drop_points_exact", checks["int8_drop_points"])
             checks["int8_within_bound"] = bool(drop <= INT8_MAX_DROP_POINTS)
@@ -239,7 +250,7 @@ def _build(model, stage: Path, *, input_size, mean, std, class_names, macs, cali
         for m in list(models):
             file = Path(m["file"]).with_suffix(".ort").name
             ox.convert_to_ort_format(stage / m["file"], stage / file)
-            models.append(entry(f"{m['name']}-ort", file, m["precision"]))
+            models.append(entry(f"{m['name']}-ort", file, m["precision"], on=sub))
 
     if test is not None:
         np.savez_compressed(stage / TEST_DATA_NAME, images=test.images, labels=test.labels.astype(np.int64))

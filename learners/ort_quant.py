@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -250,8 +251,12 @@ def calibrate(
     reader = _batch_reader(model.graph.input[0].name, batches)
     extra = dict(options or {})
     with tempfile.TemporaryDirectory(prefix="pf-calib-") as tmp:
+        # ORT writes "<model>-inferred.onnx" beside the file it loads: work on a private copy so
+        # that processes calibrating the same file never collide.
+        private = Path(tmp) / "model.onnx"
+        shutil.copyfile(model_path, private)
         calibrator = create_calibrator(
-            model_path, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+            private, None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
             calibrate_method=getattr(CalibrationMethod, method), extra_options=extra,
         )
         try:
@@ -355,8 +360,8 @@ def quantize_int8(
             level = logger.level
             logger.setLevel(max(level, logging.ERROR))  # ORT logs a warning per quantize call
             try:
-                quantize_static(
-                    str(model_path), str(target), calibration_data_reader=None,
+                quantize_static(  # a ModelProto: ORT shape-infers it in its own temporary folder
+                    model, str(target), calibration_data_reader=None,
                     quant_format=QuantFormat.QDQ, per_channel=per_channel, reduce_range=reduce_range,
                     activation_type=act, weight_type=QuantType.QInt8,
                     nodes_to_exclude=list(exclude_nodes), calibrate_method=method,

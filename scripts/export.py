@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
                         "x86 (uint8 activations, 7-bit weights, for x86 without VNNI)")
     p.add_argument("--no-exact-int8", action="store_true",
                    help="skip scoring int8 with ORT's reference ops (the exact int8 arithmetic; slower)")
+    p.add_argument("--check-samples", type=int, default=None,
+                   help="score the exact-int8 pass and the .ort files on the first N test images only "
+                        "(default: all --test-samples)")
     p.add_argument("--ort-format", action="store_true", help="also write .ort files for ONNX Runtime Mobile")
     p.add_argument("--test-samples", type=int, default=None,
                    help="test images to score every file on (default: the whole test split; 0: none)")
@@ -106,7 +109,7 @@ def _export(args: argparse.Namespace) -> int:
         macs=count_macs(src.model, size),
         calibration=(lambda: batches(calib_u8, src.mean, src.std, size)) if args.int8 else None,
         test=test, ort_format=args.ort_format, int8_target=args.int8_target, exact_int8=not args.no_exact_int8,
-        source=source,
+        check_samples=args.check_samples, source=source,
         extra={"calibration_images": args.calib_images if args.int8 else None, "twin": None},
     )
     _summary(args.out, manifest)
