@@ -8,6 +8,7 @@ Construction exports, pre-processes, calibrates and measures the latency table o
 from __future__ import annotations
 
 import json
+import uuid
 
 import gymnasium as gym
 import numpy as np
@@ -23,6 +24,7 @@ from learners import onnx_export as ox
 from learners import ort_quant as oq
 from learners.ort_latency import assign_nodes
 from pf_envs.budget import floor_ratio
+from pf_envs.data import cache_dir
 from pf_envs.envs import quant_ort as qo
 
 MODEL_IDS = [i for i in pf_envs.env_ids("QuantORT") if i != "QuantORT-v0"]
@@ -187,9 +189,15 @@ def test_latency_table_is_cached_with_the_cpu_name(cifar_root, checkpoints, monk
     monkeypatch.setattr(qo, "measure_layer_latency", lambda *a, **k: calls.append(1) or table)
     make(R20, checkpoints).close()
     assert calls == []  # same machine: read from the cache
-    monkeypatch.setattr(qo, "cpu_name", lambda: "Another CPU")
-    make(R20, checkpoints).close()
-    assert calls == [1]  # another CPU: measured again
+    folder = cache_dir() / "envs"
+    before = set(folder.glob("ort-latency-*"))
+    monkeypatch.setattr(qo, "cpu_name", lambda: f"Another CPU {uuid.uuid4()}")
+    try:
+        make(R20, checkpoints).close()
+        assert calls == [1]  # another CPU: measured again
+    finally:  # the fake CPU's table leaves the shared cache
+        for path in set(folder.glob("ort-latency-*")) - before:
+            path.unlink()
 
 
 def test_mnas_latency_reward(r20, cifar_root, checkpoints):

@@ -221,6 +221,11 @@ class QuantORTEnv(ModelCompressionEnv):
         if not self._usable(self.prep_path):
             fp32 = ox.export_onnx(self.model, Path(self._tmp.name) / "model.onnx", input_size=self.input_size)
             oq.preprocess(fp32, self.prep_path)
+        # ORT's quantizer writes "<model>-inferred.onnx" beside its input and deletes it: two
+        # processes quantizing one shared file collide, so every env quantizes its own copy
+        shared = self.prep_path
+        self.prep_path = Path(self._tmp.name) / f"own-{shared.name}"
+        shutil.copyfile(shared, self.prep_path)
         self.prep_sha1 = oq.file_sha1(self.prep_path)
         export_s = time.perf_counter() - t0
 
