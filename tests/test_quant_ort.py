@@ -291,6 +291,8 @@ def test_search_harness_runs_on_quant_ort(cifar_root, checkpoints, tmp_path):
     assert len(run.episodes) == 2
     assert all(e["info"]["latency_ratio"] <= 0.8 + 1e-9 and "precisions" in e["info"] for e in run.episodes)
     assert any(p.name.startswith("events.out.tfevents") for p in result.run_dir.rglob("*"))
+    replayed = pf_envs.replay_run(result.run_dir)  # the best episode, from the folder alone
+    assert replayed.reward == result.best_reward and replayed.policy == run.best["applied"]
 
 
 def test_assign_nodes_follows_the_last_layer():
