@@ -21,6 +21,8 @@ class Measurements:
         macs: multiply-accumulates of the candidate for one input sample (FLOPs = 2 x MACs).
         flops_ratio: candidate MACs / original MACs (the same ratio as FLOPs).
         params_ratio: candidate parameters (nonzero ones, for sparse candidates) / original.
+        latency_ratio: candidate latency / original latency, for envs that price latency
+            (QuantORT: from its latency table); None elsewhere.
     """
 
     accuracy: float
@@ -28,6 +30,7 @@ class Measurements:
     macs: float
     flops_ratio: float
     params_ratio: float
+    latency_ratio: float | None = None
 
 
 RewardFn = Callable[[Measurements], tuple[float, dict[str, float]]]
@@ -58,11 +61,28 @@ def accuracy_drop(m: Measurements) -> tuple[float, dict[str, float]]:
     return 0.1 * drop, {"accuracy_drop": drop}
 
 
+#: MnasNet's exponent (Tan et al. 2019): -0.07 trades 5% of latency for about 0.36% of accuracy.
+MNAS_W = -0.07
+
+
+def mnas_latency(m: Measurements) -> tuple[float, dict[str, float]]:
+    """MnasNet's latency-aware reward ``acc * latency_ratio ** -0.07`` (the latency as a
+    fraction of the original model's; QuantORT's latency table). Envs without a latency
+    measurement refuse it."""
+    if m.latency_ratio is None:
+        raise ValueError("reward 'mnas_latency' needs a latency: only envs with a latency cost (QuantORT) provide "
+                         "one; choose another reward")
+    factor = float(m.latency_ratio) ** MNAS_W
+    return m.accuracy * factor, {"accuracy": m.accuracy, "latency_ratio": float(m.latency_ratio),
+                                 "latency_factor": factor}
+
+
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy,
     "acc_log_flops": acc_log_flops,
     "pocketflow_flops": pocketflow_flops,
     "accuracy_drop": accuracy_drop,
+    "mnas_latency": mnas_latency,
 }
 
 

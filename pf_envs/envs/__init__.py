@@ -2,6 +2,9 @@
 
 - :mod:`pf_envs.envs.channel_prune` - ``ChannelPrune-*``: He et al. channel pruning under a
   FLOPs budget, channels removed physically.
+- :mod:`pf_envs.envs.quant_ort` - ``QuantORT-*``: int8 or fp32 per layer in ONNX Runtime
+  (static QDQ quantization), under a measured latency budget; the candidate is the
+  deployable ``.onnx``.
 
 Environments are built through ``gym.make`` with the ids of ``pf_envs.ENV_IDS``; the shared
 episode loop, clamping contract and reward registry live in :mod:`pf_envs.core` and
