@@ -90,6 +90,7 @@ class ModelEntry:
     group: str  # the export it belongs to: the manifest's folder name, or "files"
     precision: str
     precision_from: str  # "manifest" or "graph op types"
+    structure: str = "-"  # "dense" / "pruned" (from the manifest's source), "-" when unknown
     macs: int | None = None
     params: int | None = None
     manifest: Path | None = None
@@ -147,7 +148,11 @@ def _read_manifest(path: Path) -> list[ModelEntry]:
     test_data = manifest.get("test_data")
     test_npz = (path.parent / test_data) if test_data else None
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
-    group = str(source.get("name") or path.parent.name or "export")
+    group = path.parent.resolve().name or str(source.get("name") or "export")
+    # dense or pruned: the exporter's source says whether a compression policy made the model
+    kind = source.get("kind")
+    structure = ("pruned" if kind == "compressed" or source.get("policy") else "dense" if kind == "zoo"
+                 else str(source.get("structure") or "-"))
     entries = []
     for i, m in enumerate(models):
         if not isinstance(m, dict) or "file" not in m:
@@ -159,7 +164,7 @@ def _read_manifest(path: Path) -> list[ModelEntry]:
             path=file, name=str(m.get("name") or file.stem), group=group,
             precision=str(precision) if precision else _detect_precision(file),
             precision_from="manifest" if precision else "graph op types",
-            macs=m.get("macs"), params=m.get("params"), manifest=path, manifest_entry=m,
+            structure=structure, macs=m.get("macs"), params=m.get("params"), manifest=path, manifest_entry=m,
             preprocess=preprocess, layout=layout, class_names=manifest.get("class_names"), test_npz=test_npz,
         ))
     return entries
@@ -315,8 +320,9 @@ def fixed_batch(session: ort.InferenceSession) -> int | None:
     return dim if isinstance(dim, int) else None
 
 
-def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int) -> np.ndarray:
-    """Logits for every image of ``x`` (already preprocessed), in batches."""
+def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
+    """Logits for every image of ``x`` (already preprocessed), in batches; ``progress``: a
+    name to print a line per batch under (emulated runs take minutes)."""
     name = session.get_inputs()[0].name
     batch = fixed_batch(session) or batch_size
     out = []
@@ -327,6 +333,8 @@ def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int) -> np
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
         logits = session.run(None, {name: chunk})[0]
         out.append(logits[:len(chunk) - pad])
+        if progress:
+            print(f"  {progress}: {start + len(chunk) - pad}/{len(x)} images", file=sys.stderr, flush=True)
     return np.concatenate(out).astype(np.float32)
 
 
@@ -400,8 +408,9 @@ def group_by_input(entries: list[ModelEntry], shapes: dict[str, tuple], separate
 
 
 def pick_reference(group: list[ModelEntry], wanted: str | None) -> ModelEntry:
-    """``wanted`` (a label or a name) where given, else the fp32 model with the most MACs
-    (the dense fp32 model), else the first fp32 model, else the first model."""
+    """``wanted`` (a label or a name) where given, else the dense fp32 model: among the fp32
+    models those marked dense (all where none is), the one with the most MACs, else the
+    first; where no model is fp32, the first model."""
     if wanted:
         hits = [e for e in group if wanted in (e.label, e.name, str(e.path))]
         if len(hits) != 1:
@@ -409,6 +418,7 @@ def pick_reference(group: list[ModelEntry], wanted: str | None) -> ModelEntry:
                               f"{[e.label for e in group]}; give one of these labels")
         return hits[0]
     fp32 = [e for e in group if e.precision == "fp32"]
+    fp32 = [e for e in fp32 if e.structure == "dense"] or fp32
     with_macs = [e for e in fp32 if isinstance(e.macs, int)]
     if with_macs:
         return max(with_macs, key=lambda e: e.macs)
@@ -458,7 +468,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
             row: dict[str, Any] = {
                 "label": e.label, "name": e.name, "group": e.group, "file": str(e.path),
                 "manifest": str(e.manifest) if e.manifest else None, "precision": e.precision,
-                "precision_from": e.precision_from, "size_bytes": e.path.stat().st_size, "macs": e.macs,
+                "precision_from": e.precision_from, "structure": e.structure,
+                "size_bytes": e.path.stat().st_size, "macs": e.macs,
                 "params": e.params, "input_shape": list(shapes[e.label]), "layout": e.layout,
                 "accuracy_in_manifest": e.manifest_entry.get("test_accuracy"),
             }
@@ -475,7 +486,7 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                                       f"{e.label} takes {want[0]}x{want[1]}; deploy.py does not resize")
                 t0 = time.perf_counter()
                 x = pre.apply(images, e.layout)
-                logits = predict(fast, x, args.batch_size)
+                logits = predict(fast, x, args.batch_size, e.label if progress else None)
                 correct = int((logits.argmax(1) == labels).sum())
                 row.update(test_data=source, test_images=len(labels), correct=correct,
                            accuracy=correct / len(labels), accuracy_seconds=time.perf_counter() - t0)
@@ -558,13 +569,14 @@ def format_table(result: dict[str, Any]) -> str:
         threads = list(g["models"][0]["latency"])
         lines.append("")
         lines.append(f"input {g['input_shape']}, speed-up against {g['reference']}")
-        cols = ["model", "precision", "MACs", "params", "size", "test acc"]
+        cols = ["model", "precision", "structure", "MACs", "params", "size", "test acc"]
         for n in threads:
             cols += [f"{n} thr ms{' (emu)' if p['emulated'] else ''}", "speed-up"]
         table = [cols]
         for r in g["models"]:
             acc = f"{r['accuracy']:.4f} ({r['test_images']})" if r["accuracy"] is not None else "-"
-            cells = [r["label"], r["precision"], _fmt_int(r["macs"], 1e6, "M"), _fmt_int(r["params"], 1e6, "M"),
+            cells = [r["label"], r["precision"], r["structure"], _fmt_int(r["macs"], 1e6, "M"),
+                     _fmt_int(r["params"], 1e6, "M"),
                      f"{r['size_bytes'] / 2**20:.2f} MiB", acc]
             for n in threads:
                 lat = r["latency"][n]

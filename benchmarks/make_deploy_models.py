@@ -104,7 +104,8 @@ def export(model: torch.nn.Module, out: Path, calib_nhwc: np.ndarray, test_nhwc:
         "preprocess": {"scale": 1.0 / 255.0, "mean": list(CIFAR10_MEAN), "std": list(CIFAR10_STD)},
         "class_names": list(CIFAR10_CLASSES),
         "test_data": "test.npz",
-        "source": {"name": name, "tool": "benchmarks/make_deploy_models.py", "calibration_images": len(calib_nhwc),
+        "source": {"kind": "zoo", "zoo_model": name, "tool": "benchmarks/make_deploy_models.py",
+                   "calibration_images": len(calib_nhwc),
                    "quantization": "onnxruntime quantize_static QDQ, per-channel int8 weights, int8 activations, "
                                    "MinMax"},
     }

@@ -104,6 +104,7 @@ def test_manifest_without_torch(no_torch_env, export_dir, tmp_path):
     assert fp32["test_images"] == 64
     assert abs(fp32["accuracy"] - manifest["models"][0]["test_accuracy"]) <= 1 / 64
     assert fp32["accuracy"] > 0.75 and abs(int8["accuracy"] - fp32["accuracy"]) <= 0.1
+    assert fp32["structure"] == int8["structure"] == "dense"  # the manifest's source is a zoo model
     assert int8["precision"] == "int8" and int8["size_bytes"] < fp32["size_bytes"] / 2
     assert fp32["macs"] == manifest["models"][0]["macs"] > 0
     assert fp32["speedup"]["1"] == 1.0 and int8["speedup"]["1"] > 0
