@@ -322,10 +322,11 @@ def fixed_batch(session: ort.InferenceSession) -> int | None:
 
 def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
     """Logits for every image of ``x`` (already preprocessed), in batches; ``progress``: a
-    name to print a line per batch under (emulated runs take minutes)."""
+    name to print progress under, at most every 10 s (emulated runs take minutes)."""
     name = session.get_inputs()[0].name
     batch = fixed_batch(session) or batch_size
     out = []
+    last = time.perf_counter()
     for start in range(0, len(x), batch):
         chunk = x[start:start + batch]
         pad = batch - len(chunk) if fixed_batch(session) else 0
@@ -333,7 +334,8 @@ def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int, progr
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
         logits = session.run(None, {name: chunk})[0]
         out.append(logits[:len(chunk) - pad])
-        if progress:
+        if progress and time.perf_counter() - last > 10:
+            last = time.perf_counter()
             print(f"  {progress}: {start + len(chunk) - pad}/{len(x)} images", file=sys.stderr, flush=True)
     return np.concatenate(out).astype(np.float32)
 
@@ -350,7 +352,8 @@ def time_batch1(session: ort.InferenceSession, x1: np.ndarray, warmup: int, runs
         session.run(None, feed)
         times[i] = (time.perf_counter_ns() - t0) / 1e6
     return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)),
-            "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(times.mean()), "runs": runs,
+            "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(times.mean()),
+            "min_ms": float(times.min()), "runs": runs,
             "warmup": warmup}
 
 
