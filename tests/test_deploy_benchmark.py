@@ -215,3 +215,20 @@ def test_arm_emulation_matches_x86(export_dir, tmp_path):
     assert rows["fp32"]["logits_vs"]["max_abs_diff_relative_to_max_logit"] < 1e-4
     assert rows["fp32"]["logits_vs"]["top1_agreement"] == 1.0
     assert rows["int8"]["logits_vs"]["top1_agreement"] >= 14 / 16
+
+
+def test_dense_and_pruned_exports_reference_the_dense_fp32(export_dir, tmp_path):
+    """Two exports (a zoo model and a compressed one): the reference is the dense fp32."""
+    pruned = tmp_path / "pruned"
+    shutil.copytree(export_dir, pruned)
+    manifest = json.loads((pruned / "manifest.json").read_text())
+    manifest["source"] = {"kind": "compressed", "policy": [0.5, 0.5]}
+    for m in manifest["models"]:
+        m["macs"] //= 2  # what a pruned model's manifest says; the files stay the dense ones here
+    (pruned / "manifest.json").write_text(json.dumps(manifest))
+    entries = deploy.collect_models([str(pruned / "manifest.json"), str(export_dir / "manifest.json")])
+    assert [(e.label, e.structure, e.precision) for e in entries] == [
+        ("pruned/fp32", "pruned", "fp32"), ("pruned/int8", "pruned", "int8"),
+        ("resnet20/fp32", "dense", "fp32"), ("resnet20/int8", "dense", "int8")]
+    assert deploy.pick_reference(entries, None).label == "resnet20/fp32"
+    assert deploy.pick_reference(entries, "pruned/int8").label == "pruned/int8"
