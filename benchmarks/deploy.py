@@ -1,0 +1,655 @@
+"""Benchmark exported models where they will run: size, MACs/params, test accuracy, latency.
+
+    python deploy.py out/manifest.json                           # an export (fp32 + int8) and its test.npz
+    python deploy.py dense/manifest.json pruned/manifest.json --out results.json
+    python deploy.py model.onnx model_int8.onnx --data cifar10-jpeg/test --limit 2000
+    python deploy.py out/manifest.json --dump-logits x86/        # then, on the board:
+    python deploy.py out/manifest.json --compare-logits x86/     # same outputs as on x86?
+
+Needs only ``pip install onnxruntime numpy`` (Pillow only to read a JPEG test tree with
+``--data``): it imports nothing of pocketflow-gym and never torch, so it runs as is on a
+phone (Termux), a Raspberry Pi or any board with a Python.
+
+Inputs are ``.onnx`` / ``.ort`` files or ``manifest.json`` files written by the exporter
+(format ``pocketflow-gym/deploy-manifest/1``: several models of one export, their MACs,
+params, preprocessing and a ``test.npz``). For every model it reports the file size, MACs and
+params (from the manifest; ``-`` for a bare file), the top-1 test accuracy measured here with
+ONNX Runtime, and the batch-1 latency: ``--warmup`` runs, then ``--runs`` timed runs (median,
+p10, p90), once per ``--threads`` setting (ONNX Runtime's ``intra_op_num_threads``; ``all`` =
+every core this process may use). Speed-ups are against the reference model (``--reference``;
+default: the fp32 model with the most MACs, i.e. the dense fp32 one).
+
+Test images, first found: ``--test-npz`` (``images`` uint8 NHWC, ``labels`` int),
+``--data`` (an ImageFolder test tree ``<class>/*.jpg``: CIFAR-10's is
+``$PF_DATA_DIR/test``), the manifest's ``test_data``. ``--limit N`` takes N of them, evenly
+spaced (all classes when the file is ordered by class).
+
+Preprocessing: ``x = (uint8 * scale - mean) / std`` per channel, from the manifest, else from
+``--scale/--mean/--std`` (defaults: CIFAR-10's, as pf_envs/data.py uses them).
+
+Platform label: every result carries the machine, the ONNX Runtime version and ``--label``.
+Runs under emulation (``--emulated DESCRIPTION``, or the ``PF_EMULATION`` variable that
+benchmarks/arm/run.sh sets) are marked as such in the table and the JSON: their timings are
+the emulator's, never device times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+MANIFEST_FORMAT = "pocketflow-gym/deploy-manifest/1"
+RESULT_FORMAT = "pocketflow-gym/deploy-benchmark/1"
+MODEL_SUFFIXES = (".onnx", ".ort")
+# CIFAR-10 per-channel mean/std of the training set (the numbers of pf_envs/data.py).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+DEFAULT_SCALE = 1.0 / 255.0
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# op types that only a quantized graph holds (QDQ, QOperator or integer-op formats)
+_INT8_OP_TYPES = (b"QuantizeLinear", b"DequantizeLinear", b"QLinearConv", b"QLinearMatMul", b"ConvInteger",
+                  b"MatMulInteger", b"DynamicQuantizeLinear")
+
+
+class DeployError(Exception):
+    """Bad input to the benchmark: the message names the file and says what to do."""
+
+
+@dataclass
+class Preprocess:
+    """``x = (uint8 * scale - mean) / std`` per channel."""
+
+    scale: float = DEFAULT_SCALE
+    mean: tuple[float, ...] = CIFAR10_MEAN
+    std: tuple[float, ...] = CIFAR10_STD
+
+    def apply(self, images: np.ndarray, layout: str) -> np.ndarray:
+        """uint8 NHWC -> float32 in ``layout`` (NCHW or NHWC)."""
+        mean = np.asarray(self.mean, np.float32)
+        std = np.asarray(self.std, np.float32)
+        x = (images.astype(np.float32) * np.float32(self.scale) - mean) / std
+        return np.ascontiguousarray(x.transpose(0, 3, 1, 2) if layout == "NCHW" else x)
+
+
+@dataclass
+class ModelEntry:
+    """One model to benchmark, with what its manifest (if any) says about it."""
+
+    path: Path
+    name: str
+    group: str  # the export it belongs to: the manifest's folder name, or "files"
+    precision: str
+    precision_from: str  # "manifest" or "graph op types"
+    structure: str = "-"  # "dense" / "pruned" (from the manifest's source), "-" when unknown
+    macs: int | None = None
+    params: int | None = None
+    manifest: Path | None = None
+    manifest_entry: dict[str, Any] = field(default_factory=dict)
+    preprocess: Preprocess | None = None
+    layout: str | None = None
+    class_names: list[str] | None = None
+    test_npz: Path | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.group}/{self.name}"
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+def _detect_precision(path: Path) -> str:
+    """int8 where the file holds a quantization op type (op names are plain strings in both
+    the ONNX protobuf and the ORT flatbuffer), else fp32."""
+    data = path.read_bytes()
+    return "int8" if any(op in data for op in _INT8_OP_TYPES) else "fp32"
+
+
+def _check_model_file(path: Path, origin: str) -> None:
+    if not path.is_file():
+        raise DeployError(f"{path} ({origin}) does not exist or is not a file; give the path of an exported "
+                          f"{'/'.join(MODEL_SUFFIXES)} model or its manifest.json")
+    if path.suffix.lower() not in MODEL_SUFFIXES:
+        raise DeployError(f"{path} ({origin}): unknown model file type {path.suffix!r}; expected one of "
+                          f"{', '.join(MODEL_SUFFIXES)} or a manifest.json")
+
+
+def _read_manifest(path: Path) -> list[ModelEntry]:
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeployError(f"cannot read the manifest {path}: {exc}; export the model again") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise DeployError(f"{path} is not a deploy manifest (format {found!r}, expected {MANIFEST_FORMAT!r}); "
+                          "pass the manifest.json the exporter wrote, or the .onnx files themselves")
+    models = manifest.get("models")
+    if not isinstance(models, list) or not models:
+        raise DeployError(f"the manifest {path} lists no models ('models' must be a non-empty list)")
+    pre = manifest.get("preprocess") or {}
+    try:
+        preprocess = Preprocess(float(pre.get("scale", DEFAULT_SCALE)), tuple(map(float, pre["mean"])),
+                                tuple(map(float, pre["std"])))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DeployError(f"the manifest {path} has no valid 'preprocess' (scale, mean[3], std[3]): {exc!r}") from exc
+    layout = (manifest.get("input") or {}).get("layout", "NCHW")
+    if layout not in ("NCHW", "NHWC"):
+        raise DeployError(f"the manifest {path}: input layout {layout!r} is neither NCHW nor NHWC")
+    test_data = manifest.get("test_data")
+    test_npz = (path.parent / test_data) if test_data else None
+    source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
+    group = path.parent.resolve().name or str(source.get("name") or "export")
+    # dense or pruned: the exporter's source says whether a compression policy made the model
+    kind = source.get("kind")
+    structure = ("pruned" if kind == "compressed" or source.get("policy") else "dense" if kind == "zoo"
+                 else str(source.get("structure") or "-"))
+    entries = []
+    for i, m in enumerate(models):
+        if not isinstance(m, dict) or "file" not in m:
+            raise DeployError(f"the manifest {path}: models[{i}] has no 'file'")
+        file = path.parent / m["file"]
+        _check_model_file(file, f"models[{i}] of {path}")
+        precision = m.get("precision")
+        entries.append(ModelEntry(
+            path=file, name=str(m.get("name") or file.stem), group=group,
+            precision=str(precision) if precision else _detect_precision(file),
+            precision_from="manifest" if precision else "graph op types",
+            structure=structure, macs=m.get("macs"), params=m.get("params"), manifest=path, manifest_entry=m,
+            preprocess=preprocess, layout=layout, class_names=manifest.get("class_names"), test_npz=test_npz,
+        ))
+    return entries
+
+
+def collect_models(paths: list[str]) -> list[ModelEntry]:
+    """The models of the given manifests and model files, in order; labels must be unique."""
+    entries: list[ModelEntry] = []
+    for text in paths:
+        path = Path(text).expanduser()
+        if path.suffix.lower() == ".json":
+            if not path.is_file():
+                raise DeployError(f"the manifest {path} does not exist")
+            entries += _read_manifest(path)
+        else:
+            _check_model_file(path, "command line")
+            entries.append(ModelEntry(path=path, name=path.stem, group="files", precision=_detect_precision(path),
+                                      precision_from="graph op types"))
+    seen: dict[str, int] = {}
+    for e in entries:  # two exports in folders of the same name: number them
+        n = seen[e.label] = seen.get(e.label, 0) + 1
+        if n > 1:
+            e.group = f"{e.group}#{n}"
+    return entries
+
+
+def load_image_folder(root: Path, class_names: list[str] | None = None,
+                      limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """An ImageFolder tree ``root/<class>/*.jpg`` as uint8 NHWC images and int64 labels.
+
+    Labels follow ``class_names`` where given (a manifest's), else the sorted folder names
+    (torchvision's ImageFolder order; CIFAR-10's sorted names are its official order).
+    ``limit``: that many images, evenly spaced over the sorted file list (decodes only those).
+    """
+    if not root.is_dir():
+        raise DeployError(f"the test image folder {root} does not exist; give the ImageFolder test tree "
+                          "(CIFAR-10: $PF_DATA_DIR/test, holding one folder per class)")
+    if (root / "test").is_dir() and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in root.rglob("*/*")):
+        root = root / "test"
+    folders = sorted(p.name for p in root.iterdir() if p.is_dir())
+    if not folders:
+        raise DeployError(f"{root} holds no class folders; expected {root}/<class>/*.jpg")
+    names = list(class_names) if class_names else folders
+    missing = sorted(set(folders) - set(names))
+    if missing:
+        raise DeployError(f"{root} has class folders {missing} that are not among the model's classes {names}")
+    try:
+        from PIL import Image
+    except ImportError as exc:
+        raise DeployError("reading JPEG test images needs Pillow (pip install pillow), or pass --test-npz") from exc
+    files: list[tuple[Path, int]] = []
+    for label, name in enumerate(names):
+        folder = root / name
+        if folder.is_dir():
+            files += [(f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    images, labels = [], []
+    for i in evenly_spaced(len(files), limit):  # decode only the images used
+        file, label = files[i]
+        try:
+            with Image.open(file) as img:
+                images.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
+        except OSError as exc:
+            raise DeployError(f"cannot decode the image {file}: {exc}") from exc
+        labels.append(label)
+    if not images:
+        raise DeployError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {root}/<class>/")
+    shapes = {im.shape for im in images}
+    if len(shapes) > 1:
+        raise DeployError(f"the images under {root} have different sizes {sorted(shapes)[:4]}; deploy.py does not "
+                          "resize: give images of the model's input size")
+    return np.stack(images), np.asarray(labels, np.int64)
+
+
+def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``images`` (uint8 N x H x W x 3) and ``labels`` (int N) of a test.npz."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            images, labels = data["images"], data["labels"]
+    except (OSError, ValueError, KeyError, EOFError) as exc:
+        raise DeployError(f"cannot read the test data {path} (needs arrays 'images' uint8 NHWC and 'labels'): "
+                          f"{exc}") from exc
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DeployError(f"{path}: 'images' must be uint8 N x H x W x 3, got {images.dtype} {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DeployError(f"{path}: 'labels' must hold one int per image, got shape {labels.shape} "
+                          f"for {len(images)} images")
+    return images, labels.astype(np.int64)
+
+
+def evenly_spaced(n_total: int, limit: int | None) -> np.ndarray:
+    """``limit`` indices spread over ``range(n_total)`` (all where limit is None or larger)."""
+    if limit is None or limit >= n_total:
+        return np.arange(n_total)
+    if limit < 1:
+        raise DeployError(f"--limit must be at least 1, got {limit}")
+    return np.unique(np.round(np.linspace(0, n_total - 1, limit)).astype(np.int64))
+
+
+# ----------------------------------------------------------------------------- running
+
+
+OPTIMIZATION_LEVELS = {"all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+                       "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+                       "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+                       "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL}
+
+
+def make_session(path: Path, threads: int, optimization: str = "all") -> ort.InferenceSession:
+    """A CPU session with ``threads`` intra-op threads (one inter-op thread, sequential).
+
+    ``optimization="disable"`` runs a QDQ int8 graph as written (DequantizeLinear -> fp32
+    op -> QuantizeLinear): the reference semantics the fused integer kernels approximate.
+    """
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own Fail/InvalidProtobuf/InvalidGraph types
+        raise DeployError(f"{path} is not a model ONNX Runtime {ort.__version__} can load: "
+                          f"{type(exc).__name__}: {str(exc).strip()[:400]}") from exc
+
+
+def input_signature(session: ort.InferenceSession, path: Path) -> tuple[str, tuple, str]:
+    """(input name, shape without the batch dim, element type) of a one-input model."""
+    inputs = session.get_inputs()
+    if len(inputs) != 1:
+        raise DeployError(f"{path} has {len(inputs)} inputs ({[i.name for i in inputs]}); deploy.py benchmarks "
+                          "image classifiers with one input")
+    inp = inputs[0]
+    if inp.type != "tensor(float)":
+        raise DeployError(f"{path}: input {inp.name!r} is {inp.type}; deploy.py feeds float32 images")
+    if len(inp.shape) != 4 or not all(isinstance(d, int) for d in inp.shape[1:]):
+        raise DeployError(f"{path}: input {inp.name!r} has shape {inp.shape}; expected [batch, C, H, W] or "
+                          "[batch, H, W, C] with fixed C, H, W")
+    return inp.name, tuple(inp.shape[1:]), inp.type
+
+
+def guess_layout(shape: tuple) -> str:
+    if shape[0] == 3:
+        return "NCHW"
+    if shape[-1] == 3:
+        return "NHWC"
+    raise DeployError(f"cannot tell the layout of an input of shape {shape}: neither C=3 first nor last; "
+                      "use a manifest that states it")
+
+
+def fixed_batch(session: ort.InferenceSession) -> int | None:
+    dim = session.get_inputs()[0].shape[0]
+    return dim if isinstance(dim, int) else None
+
+
+def predict(session: ort.InferenceSession, x: np.ndarray, batch_size: int, progress: str | None = None) -> np.ndarray:
+    """Logits for every image of ``x`` (already preprocessed), in batches; ``progress``: a
+    name to print progress under, at most every 10 s (emulated runs take minutes)."""
+    name = session.get_inputs()[0].name
+    batch = fixed_batch(session) or batch_size
+    out = []
+    last = time.perf_counter()
+    for start in range(0, len(x), batch):
+        chunk = x[start:start + batch]
+        pad = batch - len(chunk) if fixed_batch(session) else 0
+        if pad:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+        logits = session.run(None, {name: chunk})[0]
+        out.append(logits[:len(chunk) - pad])
+        if progress and time.perf_counter() - last > 10:
+            last = time.perf_counter()
+            print(f"  {progress}: {start + len(chunk) - pad}/{len(x)} images", file=sys.stderr, flush=True)
+    return np.concatenate(out).astype(np.float32)
+
+
+def time_batch1(session: ort.InferenceSession, x1: np.ndarray, warmup: int, runs: int) -> dict[str, float]:
+    """Batch-1 latency in ms: ``warmup`` untimed runs, then ``runs`` timed ones."""
+    name = session.get_inputs()[0].name
+    feed = {name: x1}
+    for _ in range(warmup):
+        session.run(None, feed)
+    times = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter_ns()
+        session.run(None, feed)
+        times[i] = (time.perf_counter_ns() - t0) / 1e6
+    return {"median_ms": float(np.median(times)), "p10_ms": float(np.percentile(times, 10)),
+            "p90_ms": float(np.percentile(times, 90)), "mean_ms": float(times.mean()),
+            "min_ms": float(times.min()), "runs": runs,
+            "warmup": warmup}
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def parse_threads(values: list[str]) -> list[int]:
+    out: list[int] = []
+    for v in values:
+        n = usable_cores() if v == "all" else int(v) if v.isdigit() else 0
+        if n < 1:
+            raise DeployError(f"--threads takes positive integers or 'all', got {v!r}")
+        if n not in out:
+            out.append(n)
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key = line.split(":")[0].strip().lower()
+            if key in ("model name", "hardware", "cpu model"):
+                return line.split(":", 1)[1].strip()
+            if key == "cpu part":
+                return f"ARM part {line.split(':', 1)[1].strip()}"
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def platform_info(label: str | None, emulated: str | None) -> dict[str, Any]:
+    return {"label": label or f"{platform.machine()} {platform.system()}", "machine": platform.machine(),
+            "system": platform.system(), "cpu": cpu_name(), "cores": usable_cores(),
+            "python": platform.python_version(), "onnxruntime": ort.__version__, "numpy": np.__version__,
+            "emulated": bool(emulated), "emulation": emulated or None}
+
+
+# ----------------------------------------------------------------------------- benchmark
+
+
+def group_by_input(entries: list[ModelEntry], shapes: dict[str, tuple], separate: bool) -> list[list[ModelEntry]]:
+    groups: dict[tuple, list[ModelEntry]] = {}
+    for e in entries:
+        groups.setdefault(shapes[e.label], []).append(e)
+    if len(groups) > 1 and not separate:
+        lines = "; ".join(f"{list(s)}: {', '.join(e.label for e in g)}" for s, g in groups.items())
+        raise DeployError(f"the models take inputs of different shapes ({lines}); speed-ups between them mean "
+                          "nothing. Compare models of one input shape, or pass --separate-shapes for one table "
+                          "(and one reference) per shape")
+    return list(groups.values())
+
+
+def pick_reference(group: list[ModelEntry], wanted: str | None) -> ModelEntry:
+    """``wanted`` (a label or a name) where given, else the dense fp32 model: among the fp32
+    models those marked dense (all where none is), the one with the most MACs, else the
+    first; where no model is fp32, the first model."""
+    if wanted:
+        hits = [e for e in group if wanted in (e.label, e.name, str(e.path))]
+        if len(hits) != 1:
+            raise DeployError(f"--reference {wanted!r} matches {len(hits)} models of "
+                              f"{[e.label for e in group]}; give one of these labels")
+        return hits[0]
+    fp32 = [e for e in group if e.precision == "fp32"]
+    fp32 = [e for e in fp32 if e.structure == "dense"] or fp32
+    with_macs = [e for e in fp32 if isinstance(e.macs, int)]
+    if with_macs:
+        return max(with_macs, key=lambda e: e.macs)
+    return (fp32 or group)[0]
+
+
+def test_data_for(e: ModelEntry, args: argparse.Namespace, cache: dict) -> tuple[str, np.ndarray, np.ndarray] | None:
+    if args.test_npz:
+        key = ("npz", args.test_npz)
+    elif args.data:
+        key = ("folder", args.data, tuple(e.class_names or ()))
+    elif e.test_npz is not None:
+        key = ("npz", str(e.test_npz))
+    else:
+        return None
+    if key not in cache:
+        if key[0] == "npz":
+            path = Path(key[1]).expanduser()
+            images, labels = load_npz(path)
+        else:
+            path = Path(key[1]).expanduser()
+            images, labels = load_image_folder(path, e.class_names, args.limit)
+        idx = evenly_spaced(len(labels), args.limit)
+        cache[key] = (str(path), images[idx], labels[idx])
+    return cache[key]
+
+
+def benchmark(args: argparse.Namespace) -> dict[str, Any]:
+    entries = collect_models(args.models)
+    threads = parse_threads(args.threads)
+    emulated = args.emulated or os.environ.get("PF_EMULATION") or None
+    default_pre = Preprocess(args.scale, tuple(args.mean), tuple(args.std))
+    sessions: dict[str, dict[int, ort.InferenceSession]] = {}
+    shapes: dict[str, tuple] = {}
+    for e in entries:  # load everything first: a bad file fails before minutes of timing
+        sessions[e.label] = {n: make_session(e.path, n, args.optimization) for n in threads}
+        _, shapes[e.label], _ = input_signature(sessions[e.label][threads[0]], e.path)
+        e.layout = e.layout or guess_layout(shapes[e.label])
+    groups = group_by_input(entries, shapes, args.separate_shapes)
+    data_cache: dict = {}
+    result_groups = []
+    progress = args.progress
+    for group in groups:
+        ref = pick_reference(group, args.reference)
+        rows = []
+        for e in group:
+            row: dict[str, Any] = {
+                "label": e.label, "name": e.name, "group": e.group, "file": str(e.path),
+                "manifest": str(e.manifest) if e.manifest else None, "precision": e.precision,
+                "precision_from": e.precision_from, "structure": e.structure,
+                "size_bytes": e.path.stat().st_size, "macs": e.macs,
+                "params": e.params, "input_shape": list(shapes[e.label]), "layout": e.layout,
+                "accuracy_in_manifest": e.manifest_entry.get("test_accuracy"),
+            }
+            pre = e.preprocess or default_pre
+            data = test_data_for(e, args, data_cache)
+            fast = sessions[e.label][max(threads)]
+            x1 = None
+            if data is not None:
+                source, images, labels = data
+                img_shape = images.shape[1:3]
+                want = shapes[e.label][1:3] if e.layout == "NCHW" else shapes[e.label][0:2]
+                if tuple(img_shape) != tuple(want):
+                    raise DeployError(f"the test images of {source} are {img_shape[0]}x{img_shape[1]} but "
+                                      f"{e.label} takes {want[0]}x{want[1]}; deploy.py does not resize")
+                t0 = time.perf_counter()
+                x = pre.apply(images, e.layout)
+                logits = predict(fast, x, args.batch_size, e.label if progress else None)
+                correct = int((logits.argmax(1) == labels).sum())
+                row.update(test_data=source, test_images=len(labels), correct=correct,
+                           accuracy=correct / len(labels), accuracy_seconds=time.perf_counter() - t0)
+                if args.dump_logits:
+                    dump = Path(args.dump_logits)
+                    dump.mkdir(parents=True, exist_ok=True)
+                    np.save(dump / f"{_file_label(e.label)}.npy", logits)
+                    np.save(dump / f"{_file_label(e.label)}.labels.npy", labels)
+                if args.compare_logits:
+                    row["logits_vs"] = compare_logits(Path(args.compare_logits), e.label, logits, labels)
+                x1 = x[:1]
+                if progress:
+                    print(f"  {e.label}: accuracy {row['accuracy']:.4f} on {len(labels)} images "
+                          f"({row['accuracy_seconds']:.1f} s)", file=sys.stderr, flush=True)
+            else:
+                row.update(test_data=None, test_images=0, accuracy=None)
+            if x1 is None:
+                rng = np.random.default_rng(0)
+                x1 = rng.standard_normal((1, *shapes[e.label]), dtype=np.float32)
+            row["latency"] = {}
+            for n in threads:
+                row["latency"][str(n)] = time_batch1(sessions[e.label][n], x1, args.warmup, args.runs)
+                if progress:
+                    lat = row["latency"][str(n)]
+                    print(f"  {e.label}: {n} thread(s) median {lat['median_ms']:.3f} ms", file=sys.stderr,
+                          flush=True)
+            rows.append(row)
+        ref_row = next(r for r in rows if r["label"] == ref.label)
+        for r in rows:
+            r["speedup"] = {n: ref_row["latency"][n]["median_ms"] / r["latency"][n]["median_ms"]
+                            for n in r["latency"]}
+        result_groups.append({"input_shape": list(shapes[ref.label]), "reference": ref.label, "models": rows})
+    return {"format": RESULT_FORMAT, "platform": platform_info(args.label, emulated),
+            "settings": {"threads": threads, "runs": args.runs, "warmup": args.warmup, "batch": 1,
+                         "limit": args.limit, "optimization": args.optimization, "inputs": args.models},
+            "groups": result_groups}
+
+
+def _file_label(label: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label)
+
+
+def compare_logits(folder: Path, label: str, logits: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """How far ``logits`` are from the ones another run dumped for the same model and images."""
+    path = folder / f"{_file_label(label)}.npy"
+    if not path.is_file():
+        raise DeployError(f"--compare-logits: no logits of {label} at {path}; run deploy.py with --dump-logits "
+                          f"{folder} on the same models and --limit first")
+    other = np.load(path, allow_pickle=False)
+    other_labels = np.load(folder / f"{_file_label(label)}.labels.npy", allow_pickle=False)
+    if other.shape != logits.shape or not np.array_equal(other_labels, labels):
+        raise DeployError(f"--compare-logits: {path} holds logits of other images ({other.shape} vs "
+                          f"{logits.shape}); use the same test data and --limit on both runs")
+    diff = np.abs(other.astype(np.float64) - logits)
+    scale = float(np.abs(other).max()) or 1.0
+    return {"against": str(path), "identical": bool(np.array_equal(other, logits)),
+            "max_abs_diff": float(diff.max()), "mean_abs_diff": float(diff.mean()),
+            "max_abs_diff_relative_to_max_logit": float(diff.max()) / scale,
+            "top1_agreement": float((other.argmax(1) == logits.argmax(1)).mean()),
+            "images_differing": int((diff.max(1) > 0).sum())}
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _fmt_int(v: Any, unit: float, suffix: str) -> str:
+    return f"{v / unit:.2f}{suffix}" if isinstance(v, int) and not isinstance(v, bool) else "-"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    p = result["platform"]
+    head = (f"platform: {p['label']} | {p['machine']} {p['cpu']} | {p['cores']} cores | python {p['python']} | "
+            f"onnxruntime {p['onnxruntime']}")
+    lines = [head]
+    if p["emulated"]:
+        lines.append(f"EMULATION ({p['emulation']}): latencies are the emulator's, NOT device times")
+    s = result["settings"]
+    lines.append(f"batch 1, {s['warmup']} warm-up + {s['runs']} timed runs: median [p10-p90] ms")
+    for g in result["groups"]:
+        threads = list(g["models"][0]["latency"])
+        lines.append("")
+        lines.append(f"input {g['input_shape']}, speed-up against {g['reference']}")
+        cols = ["model", "precision", "structure", "MACs", "params", "size", "test acc"]
+        for n in threads:
+            cols += [f"{n} thr ms{' (emu)' if p['emulated'] else ''}", "speed-up"]
+        table = [cols]
+        for r in g["models"]:
+            acc = f"{r['accuracy']:.4f} ({r['test_images']})" if r["accuracy"] is not None else "-"
+            cells = [r["label"], r["precision"], r["structure"], _fmt_int(r["macs"], 1e6, "M"),
+                     _fmt_int(r["params"], 1e6, "M"),
+                     f"{r['size_bytes'] / 2**20:.2f} MiB", acc]
+            for n in threads:
+                lat = r["latency"][n]
+                cells += [f"{lat['median_ms']:.3f} [{lat['p10_ms']:.3f}-{lat['p90_ms']:.3f}]",
+                          f"{r['speedup'][n]:.2f}x"]
+            table.append(cells)
+        widths = [max(len(row[i]) for row in table) for i in range(len(cols))]
+        for i, row in enumerate(table):
+            lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+            if i == 0:
+                lines.append("  ".join("-" * w for w in widths))
+        cmp_rows = [r for r in g["models"] if "logits_vs" in r]
+        if cmp_rows:
+            lines.append("logits against " + str(Path(cmp_rows[0]["logits_vs"]["against"]).parent) + ":")
+            for r in cmp_rows:
+                c = r["logits_vs"]
+                lines.append(f"  {r['label']}: identical={c['identical']} max|diff|={c['max_abs_diff']:.3g} "
+                             f"(relative {c['max_abs_diff_relative_to_max_logit']:.2g}) "
+                             f"top-1 agreement {c['top1_agreement']:.4f}, {c['images_differing']} images differ")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="+", help="manifest.json files and/or .onnx/.ort model files")
+    p.add_argument("--data", help="ImageFolder test tree <class>/*.jpg (needs Pillow)")
+    p.add_argument("--test-npz", help="test images as .npz (images uint8 NHWC, labels)")
+    p.add_argument("--limit", type=int, default=None, help="test on this many images (evenly spaced); default all")
+    p.add_argument("--batch-size", type=int, default=100, help="batch size of the accuracy pass")
+    p.add_argument("--threads", nargs="+", default=["1", "all"], help="intra-op thread counts to time ('all' = "
+                   "every usable core); default: 1 all")
+    p.add_argument("--runs", type=int, default=200, help="timed batch-1 runs per model and thread count")
+    p.add_argument("--warmup", type=int, default=20, help="untimed runs before timing")
+    p.add_argument("--optimization", choices=list(OPTIMIZATION_LEVELS), default="all",
+                   help="ORT graph optimization level (default all; 'disable' = QDQ reference semantics, slow)")
+    p.add_argument("--reference", help="label or name of the model speed-ups are against (default: the dense fp32)")
+    p.add_argument("--separate-shapes", action="store_true",
+                   help="models of different input shapes: one table per shape instead of an error")
+    p.add_argument("--scale", type=float, default=DEFAULT_SCALE, help="bare .onnx files: x = (uint8*scale-mean)/std")
+    p.add_argument("--mean", type=float, nargs=3, default=list(CIFAR10_MEAN), help="bare .onnx files (CIFAR-10's)")
+    p.add_argument("--std", type=float, nargs=3, default=list(CIFAR10_STD), help="bare .onnx files (CIFAR-10's)")
+    p.add_argument("--label", help="platform label for the table and JSON (e.g. 'Raspberry Pi 4')")
+    p.add_argument("--emulated", help="this run is under an emulator: a description (timings get labelled)")
+    p.add_argument("--dump-logits", help="write each model's test logits to this folder (<label>.npy)")
+    p.add_argument("--compare-logits", help="compare each model's test logits with those dumped in this folder")
+    p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--quiet", dest="progress", action="store_false", help="no progress lines on stderr")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.runs < 1 or args.warmup < 0:
+        print("deploy.py: error: --runs must be >= 1 and --warmup >= 0", file=sys.stderr)
+        return 2
+    try:
+        result = benchmark(args)
+    except DeployError as exc:
+        print(f"deploy.py: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(result, indent=1) + "\n")
+        os.replace(tmp, out)
+        print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
