@@ -21,6 +21,8 @@ class Measurements:
         macs: multiply-accumulates of the candidate for one input sample (FLOPs = 2 x MACs).
         flops_ratio: candidate MACs / original MACs (the same ratio as FLOPs).
         params_ratio: candidate parameters (nonzero ones, for sparse candidates) / original.
+        params: candidate parameters (nonzero ones), where the env counts them (WeightSparse);
+            None elsewhere.
     """
 
     accuracy: float
@@ -28,6 +30,7 @@ class Measurements:
     macs: float
     flops_ratio: float
     params_ratio: float
+    params: float | None = None
 
 
 RewardFn = Callable[[Measurements], tuple[float, dict[str, float]]]
@@ -58,11 +61,22 @@ def accuracy_drop(m: Measurements) -> tuple[float, dict[str, float]]:
     return 0.1 * drop, {"accuracy_drop": drop}
 
 
+def acc_log_sparsity(m: Measurements) -> tuple[float, dict[str, float]]:
+    """AMC's ``acc_flops`` form with nonzero parameters for FLOPs: ``-(1 - acc) * log(nonzero
+    parameters)`` (sparsity envs; PocketFlow's WeightSparse search)."""
+    if m.params is None:
+        raise ValueError("reward 'acc_log_sparsity' needs the candidate's nonzero parameter count, which only "
+                         "the sparsity envs (WeightSparse) measure; use 'accuracy' or 'acc_log_flops' here")
+    log_params = math.log(max(m.params, 1.0))
+    return -(1.0 - m.accuracy) * log_params, {"error": 1.0 - m.accuracy, "log_params": log_params}
+
+
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy,
     "acc_log_flops": acc_log_flops,
     "pocketflow_flops": pocketflow_flops,
     "accuracy_drop": accuracy_drop,
+    "acc_log_sparsity": acc_log_sparsity,
 }
 
 
