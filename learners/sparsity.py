@@ -5,8 +5,10 @@ layer-wise regression, and the cubic sparsity schedule of re-training.
   layer except depthwise convolutions (they hold few weights and every one of them is a whole
   filter; PocketFlow keeps them dense too).
 - :func:`magnitude_mask` / :func:`magnitude_masks`: zero the ``ceil(s * n)`` weights of
-  smallest magnitude of a layer (``torch.nn.utils.prune.L1Unstructured`` computes the mask;
-  its re-parametrisation is not used, so state dicts stay plain and the zeros are in them).
+  smallest magnitude of a layer (a plain 0/1 tensor multiplied into the weight: no
+  re-parametrisation as in ``torch.nn.utils.prune``, so state dicts stay plain and hold the
+  zeros; a layer's magnitude ranks are computed once (:func:`magnitude_ranks`) and each
+  sparsity's mask is then one comparison, :func:`mask_from_ranks`).
 - :class:`MaskKeeper`: ``hook(model, step)`` that re-applies fixed masks after every optimizer
   step (fast fine-tuning keeps the sparsity).
 - :func:`layerwise_regression`: a few optimizer steps per pruned layer, in execution order,
@@ -30,13 +32,13 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
 
 from learners.modules import COMPRESSIBLE, is_depthwise
 
 __all__ = [
     "GradualPruning", "MaskKeeper", "apply_masks", "csr_bytes", "cubic_sparsity", "layerwise_regression",
-    "magnitude_mask", "magnitude_masks", "pruned_count", "prunable_layers", "sparse_size_bytes",
+    "magnitude_mask", "magnitude_masks", "magnitude_ranks", "mask_from_ranks", "pruned_count", "prunable_layers",
+    "sparse_size_bytes",
 ]
 
 
@@ -54,14 +56,25 @@ def pruned_count(numel: int, sparsity: float) -> int:
     return min(int(numel), max(0, math.ceil(sparsity * numel - 1e-9)))
 
 
+def magnitude_ranks(weight: torch.Tensor) -> torch.Tensor:
+    """Each weight's position (int64, the weight's shape) in the order of increasing magnitude;
+    ties in the order of the flat index (a stable sort), so masks are reproducible."""
+    order = torch.argsort(weight.detach().abs().flatten(), stable=True)
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(order.numel(), device=order.device)
+    return ranks.view(weight.shape)
+
+
+def mask_from_ranks(ranks: torch.Tensor, sparsity: float, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The 0/1 mask zeroing the :func:`pruned_count` weights of lowest rank (:func:`magnitude_ranks`):
+    a layer's ranks are computed once, and every sparsity's mask is then one comparison."""
+    return (ranks >= pruned_count(ranks.numel(), sparsity)).to(dtype)
+
+
 def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
     """A 0/1 mask (the weight's dtype) zeroing the :func:`pruned_count` weights of smallest
-    magnitude."""
-    k = pruned_count(weight.numel(), sparsity)
-    ones = torch.ones_like(weight)
-    if k == 0:
-        return ones
-    return prune.L1Unstructured(amount=k).compute_mask(weight.detach(), ones)
+    magnitude (ties: the lower flat index first)."""
+    return mask_from_ranks(magnitude_ranks(weight), sparsity, weight.dtype)
 
 
 def _modules(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
@@ -197,9 +210,12 @@ class GradualPruning:
 
     Each layer of ``targets`` (name -> final sparsity) follows :func:`cubic_sparsity` from step
     ``begin * total_steps`` to ``end * total_steps``. Every ``update_every`` steps in between
-    its mask is re-computed from the weights' current magnitudes (so a pruned weight whose
-    gradient steps made it larger than kept ones grows back), and at the first step at or after
-    ``t_e`` the final masks are computed and frozen. After every step the current masks are
+    its mask is re-computed from the magnitudes of the layer's dense weights, and at the first
+    step at or after ``t_e`` the final masks are computed and frozen. Until then the hook keeps
+    a dense copy of the pruned layers' weights to which every optimizer update is added, those
+    of pruned weights too (made at zero: a straight-through update, as in dynamic network
+    surgery, Guo et al. 2016), so a pruned weight that the gradients keep pushing grows back
+    at the next update with the value it accumulated. After every step the current masks are
     applied (pruned weights set to zero): from ``t_e`` on the model has exactly the target
     sparsities. ``step`` counts optimizer steps (1 after the first; 0-based counting works the
     same).
@@ -243,6 +259,8 @@ class GradualPruning:
         self.masks: dict[str, torch.Tensor] = {}
         self.frozen = False
         self._last_update: float | None = None
+        self._dense: dict[str, torch.Tensor] | None = None
+        self._last: dict[str, torch.Tensor] = {}
         self.updates = 0
 
     def sparsity_at(self, step: float) -> dict[str, float]:
@@ -250,16 +268,31 @@ class GradualPruning:
         return {n: cubic_sparsity(step, s, self.t_begin, self.t_end, min(self.initial, s))
                 for n, s in self.targets.items()}
 
+    @torch.no_grad()
     def __call__(self, model: nn.Module, step: int) -> None:
+        modules = _modules(model, self.targets)
         if not self.frozen:
+            # the dense weights: a pruned weight keeps receiving the optimizer's updates (made
+            # at zero) here, so it can grow back when the masks are re-computed
+            if self._dense is None:
+                self._dense = {n: m.weight.detach().clone() for n, m in modules.items()}
+            else:
+                for n, m in modules.items():
+                    self._dense[n] += m.weight - self._last[n]
             due = self._last_update is None or step - self._last_update >= self.update_every
             if step >= self.t_end:
-                self.masks = magnitude_masks(model, self.targets)
+                self.masks = {n: magnitude_mask(self._dense[n], s) for n, s in self.targets.items()}
                 self.frozen, self._last_update, self.updates = True, step, self.updates + 1
-            elif step > self.t_begin and due or (self.initial > 0 and self._last_update is None):
-                self.masks = magnitude_masks(model, self.sparsity_at(step))
+            elif (step > self.t_begin and due) or (self.initial > 0 and self._last_update is None):
+                self.masks = {n: magnitude_mask(self._dense[n], s) for n, s in self.sparsity_at(step).items()}
                 self._last_update, self.updates = step, self.updates + 1
-        if self.masks:
+            for n, m in modules.items():
+                m.weight.copy_(self._dense[n] * self.masks[n] if n in self.masks else self._dense[n])
+            if self.frozen:
+                self._dense, self._last = None, {}
+            else:
+                self._last = {n: m.weight.detach().clone() for n, m in modules.items()}
+        else:
             apply_masks(model, self.masks)
 
 

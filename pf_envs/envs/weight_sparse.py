@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from learners.sparsity import (
-    GradualPruning, MaskKeeper, apply_masks, layerwise_regression, magnitude_masks, prunable_layers,
+    GradualPruning, MaskKeeper, apply_masks, layerwise_regression, magnitude_ranks, mask_from_ranks, prunable_layers,
     pruned_count, sparse_size_bytes,
 )
 from pf_envs.budget import NonzeroWeights, UnitSpace
@@ -183,6 +183,7 @@ class WeightSparseEnv(ModelCompressionEnv):
         self.reg_data = self.data.train.subset(int(s["reg_images"]), seed=REGRESSION_SEED)
         self._reg_batch: torch.Tensor | None = None
         self.masks: dict[str, torch.Tensor] = {}
+        self._ranks = {n: magnitude_ranks(modules[n].weight) for n in self.layers}  # the weights never change
 
     def _static_row(self, t: int, module: nn.Module) -> list[float]:
         if isinstance(module, nn.Conv2d):
@@ -224,7 +225,7 @@ class WeightSparseEnv(ModelCompressionEnv):
         """The original weights with each layer's smallest-magnitude weights zeroed, then the
         layer-wise regression (``reg_iters`` steps per layer; deterministic: fixed images)."""
         model = copy.deepcopy(self.model)
-        self.masks = magnitude_masks(model, dict(zip(self.layers, self.applied)))
+        self.masks = {n: mask_from_ranks(self._ranks[n], s) for n, s in zip(self.layers, self.applied)}
         apply_masks(model, self.masks)
         if self.reg_iters:
             model.to(self.device)
