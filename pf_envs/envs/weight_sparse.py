@@ -114,10 +114,12 @@ class WeightSparseEnv(ModelCompressionEnv):
         sparsity: overall target, the fraction of the prunable weights zeroed, in [0, 1)
             (default 0.75). The policy's nonzero prunable weights never exceed ``1 - sparsity``
             of them.
-        reg_iters: layer-wise regression steps per pruned layer (Adam; PocketFlow: 20).
+        reg_iters: layer-wise regression steps per pruned layer (Adam; PocketFlow: 20; default 0:
+            measured to buy nothing here at a large cost, see docs/sparsity.md).
         reg_images: training images (a fixed subset) the regression fits on.
         reg_lr: the regression's Adam learning rate.
-        ft_iters: global fine-tuning SGD steps with the masks held (PocketFlow: 400).
+        ft_iters: global fine-tuning SGD steps with the masks held (PocketFlow: 400; default 100,
+            an episode then costs about one default ChannelPrune episode).
         ft_batch_size / ft_lr: fine-tuning batch size and initial learning rate (cosine to 0;
             default: the zoo's for the model).
         reward: ``accuracy`` (default), ``acc_log_sparsity`` (``-(1 - acc) log(nonzero
@@ -148,7 +150,7 @@ class WeightSparseEnv(ModelCompressionEnv):
         data_root: str | None = None,
         input_size: int | None = None,
         sparsity: float = 0.75,
-        reg_iters: int = 20,
+        reg_iters: int = 0,
         reg_images: int = 128,
         reg_lr: float = 1e-3,
         ft_iters: int = 100,
