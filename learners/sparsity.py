@@ -78,6 +78,10 @@ def magnitude_mask(weight: torch.Tensor, sparsity: float) -> torch.Tensor:
 
 
 def _modules(model: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    names = list(names)
+    inner = getattr(model, "module", None)  # DistributedDataParallel / DataParallel: the wrapped model
+    if isinstance(inner, nn.Module) and names and names[0] not in dict(model.named_modules()):
+        model = inner
     modules = dict(model.named_modules())
     missing = [n for n in names if n not in modules]
     if missing:

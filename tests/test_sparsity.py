@@ -160,3 +160,11 @@ def test_csr_size():
     assert csr_bytes(w6) == int(torch.count_nonzero(w6)) * 6 + 4 * (w6.shape[0] + 1)
     assert math.isclose(size - csr_bytes(net[0].weight) - csr_bytes(w6) - csr_bytes(net[11].weight),
                         dense - 4 * (net[0].weight.numel() + w6.numel() + net[11].weight.numel()))
+
+
+def test_hooks_see_through_a_data_parallel_wrapper():
+    net = small_net()
+    wrapped = nn.DataParallel(net)  # names gain a "module." prefix; the hook finds the layers anyway
+    hook = GradualPruning({"6": 0.5}, total_steps=2, begin=0.0, end=0.5)
+    hook(wrapped, 1)
+    assert int(torch.count_nonzero(net[6].weight)) == net[6].weight.numel() // 2
