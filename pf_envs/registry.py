@@ -17,6 +17,7 @@ from pf_envs import zoo
 METHODS: dict[str, str] = {
     "ChannelPrune": "pf_envs.envs.channel_prune:ChannelPruneEnv",
     "QuantORT": "pf_envs.envs.quant_ort:QuantORTEnv",
+    "WeightSparse": "pf_envs.envs.weight_sparse:WeightSparseEnv",
 }
 
 

@@ -23,6 +23,8 @@ class Measurements:
         params_ratio: candidate parameters (nonzero ones, for sparse candidates) / original.
         latency_ratio: candidate latency / original latency, for envs that price latency
             (QuantORT: from its latency table); None elsewhere.
+        params: candidate parameters (nonzero ones), where the env counts them (WeightSparse);
+            None elsewhere.
     """
 
     accuracy: float
@@ -31,6 +33,7 @@ class Measurements:
     flops_ratio: float
     params_ratio: float
     latency_ratio: float | None = None
+    params: float | None = None
 
 
 RewardFn = Callable[[Measurements], tuple[float, dict[str, float]]]
@@ -77,12 +80,23 @@ def mnas_latency(m: Measurements) -> tuple[float, dict[str, float]]:
                                  "latency_factor": factor}
 
 
+def acc_log_sparsity(m: Measurements) -> tuple[float, dict[str, float]]:
+    """AMC's ``acc_flops`` form with nonzero parameters for FLOPs: ``-(1 - acc) * log(nonzero
+    parameters)`` (sparsity envs; PocketFlow's WeightSparse search)."""
+    if m.params is None:
+        raise ValueError("reward 'acc_log_sparsity' needs the candidate's nonzero parameter count, which only "
+                         "the sparsity envs (WeightSparse) measure; use 'accuracy' or 'acc_log_flops' here")
+    log_params = math.log(max(m.params, 1.0))
+    return -(1.0 - m.accuracy) * log_params, {"error": 1.0 - m.accuracy, "log_params": log_params}
+
+
 REWARDS: dict[str, RewardFn] = {
     "accuracy": accuracy,
     "acc_log_flops": acc_log_flops,
     "pocketflow_flops": pocketflow_flops,
     "accuracy_drop": accuracy_drop,
     "mnas_latency": mnas_latency,
+    "acc_log_sparsity": acc_log_sparsity,
 }
 
 
