@@ -1,0 +1,46 @@
+"""scripts/compress.py: search -> re-training -> export -> benchmark in one command."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from conftest import REPO
+
+sys.path.insert(0, str(REPO / "scripts"))
+from compress import main  # noqa: E402
+
+SMALL = ("ft_iters=0,reward_samples=200,bn_batches=2,bn_batch_size=64,feature_images=32,points_per_image=4,"
+         "flops_budget=0.5")
+
+
+def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys):
+    assert main(["--env", "Nope-v0", "--out", str(tmp_path / "job")]) == 2
+    assert "unknown env 'Nope-v0'" in capsys.readouterr().err
+    assert main(["--env", "Toy-v0", "--episodes", "0", "--out", str(tmp_path / "job")]) == 2
+    assert ">= 1" in capsys.readouterr().err
+    assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.slow
+def test_the_whole_job_then_a_second_run_skips_every_stage(tmp_path, cifar_root, capsys):
+    argv = ["--env", "ChannelPrune-ResNet20-v0", "--agent", "random", "--episodes", "2", "--env-kwargs", SMALL,
+            "--retrain-epochs", "1", "--retrain-args", "--train-images 256 --val-images 100 --test-images 200 "
+            "--no-progress --no-tensorboard", "--int8", "--export-args", "--test-samples 200 --calib-images 32",
+            "--bench-runs", "5", "--bench-args", "--limit 100 --warmup 2 --threads 1 --quiet",
+            "--threads", "1", "--out", str(tmp_path / "job")]
+    assert main(argv) == 0
+    job = tmp_path / "job"
+    record = json.loads((job / "retrain" / "retrained.json").read_text())
+    best = json.loads(next((job / "search").glob("*/best.json")).read_text())
+    assert record["policy"] == best["applied"]
+    manifest = json.loads((job / "export" / "manifest.json").read_text())
+    assert {m["precision"] for m in manifest["models"]} == {"fp32", "int8"}
+    assert manifest["source"]["state_sha1"] == record["state_sha1"]
+    assert (job / "export-dense" / "manifest.json").is_file()
+    bench = json.loads((job / "benchmark.json").read_text())
+    assert bench
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("already done") == 5
