@@ -16,6 +16,7 @@ from pf_envs import zoo
 # method name -> entry point ("module:Class"); one row per implemented compression method.
 METHODS: dict[str, str] = {
     "ChannelPrune": "pf_envs.envs.channel_prune:ChannelPruneEnv",
+    "DisChnPrune": "pf_envs.envs.dis_chn_prune:DisChnPruneEnv",
 }
 
 
