@@ -9,6 +9,9 @@ only WHICH channels are kept differs. For every budget, policy and ``ft_iters`` 
 played in both envs (same episode seed, so the same fine-tuning batches), scored on the
 ``val`` reward images and the same candidate re-scored on the whole ``test`` split.
 
+Variants (``--variants``): ``ChannelPrune`` (LASSO), ``DisChnPrune`` (defaults) and
+``DisChnPrune-rec`` (``aux_weight=0``: the greedy order on the reconstruction loss alone).
+
 Policies: ``uniform`` (:func:`baselines.uniform.equal_value_policy`) and ``best-cp``, the
 recorded ChannelPrune policy with the best test accuracy among the result files matched by
 ``--best-from`` (``{budget}`` is replaced; by default the ResNet-20 searches of
@@ -35,7 +38,13 @@ from baselines.uniform import equal_value_policy
 from learners.training import evaluate
 from pf_agents.cli import parse_kwargs
 
-METHODS = ("ChannelPrune", "DisChnPrune")
+#: label -> (env method, extra kwargs); ``DisChnPrune-rec`` is DCP's greedy selection on the
+#: reconstruction loss alone (``aux_weight=0``): what the auxiliary classifiers add.
+VARIANTS: dict[str, tuple[str, dict]] = {
+    "ChannelPrune": ("ChannelPrune", {}),
+    "DisChnPrune": ("DisChnPrune", {}),
+    "DisChnPrune-rec": ("DisChnPrune", {"aux_weight": 0.0}),
+}
 DEFAULT_BEST = "benchmarks/results/search_quality_resnet20_swa*_b{budget}.json"
 
 
@@ -57,6 +66,7 @@ def main() -> None:
     p.add_argument("--ft-iters", nargs="+", type=int, default=[0, 100])
     p.add_argument("--reward-samples", type=int, default=5000)
     p.add_argument("--best-from", default=DEFAULT_BEST, help="result files holding recorded ChannelPrune policies")
+    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--dcp-kwargs", default="", help="extra DisChnPrune kwargs, k=v,k=v")
     p.add_argument("--out", default=None, help="JSON (default benchmarks/results/selection_compare_<model>.json)")
     p.add_argument("--threads", type=int, default=None)
@@ -79,19 +89,19 @@ def main() -> None:
     for budget in args.budgets:
         for ft in args.ft_iters:
             envs = {}
-            for method in METHODS:
+            for label in args.variants:
+                method, extra = VARIANTS[label]
                 kwargs = {"flops_budget": budget, "ft_iters": ft, "reward_samples": args.reward_samples,
-                          **(dcp_kwargs if method == "DisChnPrune" else {})}
-                env_id = f"{method}-{args.model}-v0"
+                          **(dcp_kwargs if method == "DisChnPrune" else {}), **extra}
                 t0 = time.perf_counter()
-                envs[method] = gym.make(env_id, **kwargs)
-                state["builds"].setdefault(env_id, []).append(time.perf_counter() - t0)
+                envs[label] = gym.make(f"{method}-{args.model}-v0", **kwargs)
+                state["builds"].setdefault(label, []).append(time.perf_counter() - t0)
             policies = {"uniform": (equal_value_policy(envs["ChannelPrune"].unwrapped)[0], "equal_value_policy")}
             best = best_recorded(args.best_from, budget)
             if best is not None:
                 policies["best-cp"] = best
             for name, (values, source) in policies.items():
-                for method, env in envs.items():
+                for method, env in envs.items():  # method: the variant's label
                     if (budget, name, ft, method) in done:
                         continue
                     u = env.unwrapped
@@ -113,15 +123,20 @@ def main() -> None:
                           f"({episode_s:.1f} s)", flush=True)
     save()
     print(f"\n{args.model}: val ({args.reward_samples} images) / test (10,000), %; wall {time.time() - t_start:.0f} s")
-    print("| budget | policy | ft_iters | ChannelPrune val / test | DisChnPrune val / test | DCP - CP (test) |")
-    print("|---|---|---|---|---|---|")
+    others = [v for v in args.variants if v != "ChannelPrune"]
+    print("| budget | policy | ft_iters | ChannelPrune val / test | "
+          + " | ".join(f"{v} val / test (test - CP)" for v in others) + " |")
+    print("|---|---|---|---|" + "---|" * len(others))
     rows = {(r["budget"], r["policy_name"], r["ft_iters"], r["method"]): r for r in state["rows"]}
     for (b, name, ft, method), r in sorted(rows.items(), key=lambda kv: (-kv[0][0], kv[0][1], kv[0][2])):
-        if method != "ChannelPrune" or (b, name, ft, "DisChnPrune") not in rows:
+        if method != "ChannelPrune":
             continue
-        d = rows[(b, name, ft, "DisChnPrune")]
-        print(f"| {b:.0%} | {name} | {ft} | {100 * r['val']:.2f} / {100 * r['test']:.2f} | "
-              f"{100 * d['val']:.2f} / {100 * d['test']:.2f} | {100 * (d['test'] - r['test']):+.2f} |")
+        cells = []
+        for v in others:
+            d = rows.get((b, name, ft, v))
+            cells.append("-" if d is None else f"{100 * d['val']:.2f} / {100 * d['test']:.2f} "
+                         f"({100 * (d['test'] - r['test']):+.2f})")
+        print(f"| {b:.0%} | {name} | {ft} | {100 * r['val']:.2f} / {100 * r['test']:.2f} | " + " | ".join(cells) + " |")
     for env_id, times in state["builds"].items():
         print(f"{env_id}: env builds (s): {', '.join(f'{t:.1f}' for t in times)}")
 

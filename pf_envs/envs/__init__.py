@@ -2,6 +2,8 @@
 
 - :mod:`pf_envs.envs.channel_prune` - ``ChannelPrune-*``: He et al. channel pruning under a
   FLOPs budget, channels removed physically.
+- :mod:`pf_envs.envs.dis_chn_prune` - ``DisChnPrune-*``: the same, with discrimination-aware
+  channel selection (Zhuang et al. 2018; auxiliary classifiers + greedy gradient-norm order).
 
 Environments are built through ``gym.make`` with the ids of ``pf_envs.ENV_IDS``; the shared
 episode loop, clamping contract and reward registry live in :mod:`pf_envs.core` and
