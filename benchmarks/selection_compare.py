@@ -10,7 +10,8 @@ played in both envs (same episode seed, so the same fine-tuning batches), scored
 ``val`` reward images and the same candidate re-scored on the whole ``test`` split.
 
 Variants (``--variants``): ``ChannelPrune`` (LASSO), ``DisChnPrune`` (defaults) and
-``DisChnPrune-rec`` (``aux_weight=0``: the greedy order on the reconstruction loss alone).
+``DisChnPrune-rec`` (``aux_weight=0``: the greedy order on the reconstruction loss alone);
+``DisChnPrune-plain`` (``aux_balance=False``: the unscaled sum of the two losses) on request.
 
 Policies: ``uniform`` (:func:`baselines.uniform.equal_value_policy`) and ``best-cp``, the
 recorded ChannelPrune policy with the best test accuracy among the result files matched by
@@ -44,7 +45,9 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "ChannelPrune": ("ChannelPrune", {}),
     "DisChnPrune": ("DisChnPrune", {}),
     "DisChnPrune-rec": ("DisChnPrune", {"aux_weight": 0.0}),
+    "DisChnPrune-plain": ("DisChnPrune", {"aux_balance": False}),
 }
+DEFAULT_VARIANTS = ("ChannelPrune", "DisChnPrune", "DisChnPrune-rec")
 DEFAULT_BEST = "benchmarks/results/search_quality_resnet20_swa*_b{budget}.json"
 
 
@@ -66,7 +69,7 @@ def main() -> None:
     p.add_argument("--ft-iters", nargs="+", type=int, default=[0, 100])
     p.add_argument("--reward-samples", type=int, default=5000)
     p.add_argument("--best-from", default=DEFAULT_BEST, help="result files holding recorded ChannelPrune policies")
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="+", default=list(DEFAULT_VARIANTS), choices=list(VARIANTS))
     p.add_argument("--dcp-kwargs", default="", help="extra DisChnPrune kwargs, k=v,k=v")
     p.add_argument("--out", default=None, help="JSON (default benchmarks/results/selection_compare_<model>.json)")
     p.add_argument("--threads", type=int, default=None)

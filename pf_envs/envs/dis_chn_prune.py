@@ -46,7 +46,7 @@ from pf_envs.rewards import Measurements
 from pf_envs.settings import Setting
 
 #: Bumped when the selection's algorithm changes (cached orders are keyed by it).
-SELECTION_VERSION = 1
+SELECTION_VERSION = 2
 
 SETTINGS: dict[str, Setting] = {
     **{k: v for k, v in CHANNEL_SETTINGS.items() if k != "selection"},
@@ -54,6 +54,7 @@ SETTINGS: dict[str, Setting] = {
     "aux_images": Setting("int", low=2, doc="training images the auxiliary classifiers are trained on"),
     "aux_epochs": Setting("int", low=1, doc="epochs of auxiliary-classifier training (Adam, on cached features)"),
     "aux_weight": Setting("float", low=0, doc="lambda of L_rec + lambda * L_aux (0: reconstruction only)"),
+    "aux_balance": Setting("bool", doc="scale the auxiliary gradient to the reconstruction gradient's norm first"),
     "select_images": Setting("int", low=1, doc="training images of the batch the auxiliary loss is taken on"),
     "select_steps": Setting("int", low=1, doc="gradient evaluations per channel group (at most)"),
     "select_refit": Setting("bool", doc="least-squares refit of the kept weights between additions"),
@@ -71,6 +72,10 @@ class DisChnPruneEnv(ChannelPruneEnv):
         aux_images: training images (fixed subset) whose features train the classifiers.
         aux_epochs: epochs of Adam (lr 0.02, batch 64) over those features.
         aux_weight: ``lambda`` in ``L_rec + lambda * L_aux``.
+        aux_balance: at every gradient evaluation, rescale the auxiliary gradient to the
+            Frobenius norm of the reconstruction gradient before weighting it (``aux_weight=1``:
+            both count equally); False: the plain sum (on ResNet-20 the cross-entropy gradient
+            is 2-50x the relative reconstruction error's, so it decides alone).
         select_images: training images (fixed subset) of the batch on which the auxiliary loss
             and its gradient are taken at every evaluation.
         select_steps: gradient evaluations per group: channels are added
@@ -116,6 +121,7 @@ class DisChnPruneEnv(ChannelPruneEnv):
         aux_images: int = 1000,
         aux_epochs: int = 10,
         aux_weight: float = 1.0,
+        aux_balance: bool = True,
         select_images: int = 64,
         select_steps: int = 8,
         select_refit: bool = True,
@@ -145,7 +151,8 @@ class DisChnPruneEnv(ChannelPruneEnv):
         self._select_batch = next(iter(select.batches(len(select))))
         selector = DiscriminativeSelector(
             self.model, self.table.groups, stats, self.aux_points, self.heads, layers, *self._select_batch,
-            aux_weight=float(s["aux_weight"]), refit=bool(s["select_refit"]), ft_steps=int(s["select_ft_steps"]),
+            aux_weight=float(s["aux_weight"]), balance=bool(s["aux_balance"]), refit=bool(s["select_refit"]),
+            ft_steps=int(s["select_ft_steps"]),
         )
         direct = [g for g in self.step_groups if selector.groups[g].consumers
                   and all(c in stats for c in selector.groups[g].consumers)]
@@ -153,7 +160,8 @@ class DisChnPruneEnv(ChannelPruneEnv):
             "dcp-orders", version=SELECTION_VERSION, heads=self._heads_key(), groups=direct,
             stats=[self.model_fingerprint, int(s["feature_images"]), int(s["points_per_image"])],
             select=[int(s["select_images"]), int(s["select_steps"]), bool(s["select_refit"]),
-                    int(s["select_ft_steps"]), float(s["aux_weight"])], round=self.channel_round,
+                    int(s["select_ft_steps"]), float(s["aux_weight"]), bool(s["aux_balance"])],
+            round=self.channel_round,
         )
         raw = cached(key, lambda: [self._order(selector, g).__dict__ for g in direct], enabled=self.cache_enabled)
         self.group_orders = {g: GroupOrder(**d) for g, d in zip(direct, raw)}
