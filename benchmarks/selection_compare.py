@@ -73,6 +73,7 @@ def main() -> None:
     p.add_argument("--dcp-kwargs", default="", help="extra DisChnPrune kwargs, k=v,k=v")
     p.add_argument("--out", default=None, help="JSON (default benchmarks/results/selection_compare_<model>.json)")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--table-only", action="store_true", help="print the table of --out without running anything")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -89,7 +90,7 @@ def main() -> None:
         out.write_text(json.dumps(state, indent=1))
 
     test_data = None
-    for budget in args.budgets:
+    for budget in [] if args.table_only else args.budgets:
         for ft in args.ft_iters:
             envs = {}
             for label in args.variants:
@@ -124,9 +125,11 @@ def main() -> None:
                     save()
                     print(f"{budget:g} {name:8s} ft={ft:<4d} {method:13s} val {val:.4f} test {test:.4f} "
                           f"({episode_s:.1f} s)", flush=True)
-    save()
-    print(f"\n{args.model}: val ({args.reward_samples} images) / test (10,000), %; wall {time.time() - t_start:.0f} s")
-    others = [v for v in args.variants if v != "ChannelPrune"]
+    if not args.table_only:
+        save()
+    wall = "" if args.table_only else f"; wall {time.time() - t_start:.0f} s"
+    print(f"\n{args.model}: val ({args.reward_samples} images) / test (10,000), %{wall}")
+    others = [v for v in VARIANTS if v != "ChannelPrune" and any(r["method"] == v for r in state["rows"])]
     print("| budget | policy | ft_iters | ChannelPrune val / test | "
           + " | ".join(f"{v} val / test (test - CP)" for v in others) + " |")
     print("|---|---|---|---|" + "---|" * len(others))

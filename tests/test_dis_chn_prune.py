@@ -211,6 +211,9 @@ def test_auxiliary_loss_changes_the_selection(resnet_env, checkpoints):
     assert any(not torch.equal(rec_only.group_orders[g].order, o.order) for g, o in ours.group_orders.items())
     assert all(max(o.aux_losses) == 0.0 for o in rec_only.group_orders.values())
     assert all(min(o.aux_losses) > 0.0 for o in ours.group_orders.values())
+    # balanced (the default): the auxiliary gradient's weight is the ratio of the two norms
+    scales = [x for o in ours.group_orders.values() for x in o.aux_scales]
+    assert all(x > 0 for x in scales) and len(set(scales)) > 1
 
 
 def test_auxiliary_head_masks_like_removal():
@@ -271,6 +274,7 @@ def test_nan_action_is_a_clear_error(resnet_env):
         ({"select_images": 0}, "select_images must be an integer >= 1"),
         ({"select_steps": 0}, "select_steps must be an integer >= 1"),
         ({"select_refit": "yes"}, "select_refit must be True or False"),
+        ({"aux_balance": 1}, "aux_balance must be True or False"),
         ({"select_ft_steps": -2}, "select_ft_steps must be an integer >= 0"),
         ({"flops_budget": 0.01}, "unreachable"),
         ({"aux_stagse": 2}, "aux_stages"),
