@@ -18,6 +18,7 @@ METHODS: dict[str, str] = {
     "ChannelPrune": "pf_envs.envs.channel_prune:ChannelPruneEnv",
     "QuantORT": "pf_envs.envs.quant_ort:QuantORTEnv",
     "WeightSparse": "pf_envs.envs.weight_sparse:WeightSparseEnv",
+    "DisChnPrune": "pf_envs.envs.dis_chn_prune:DisChnPruneEnv",
 }
 
 

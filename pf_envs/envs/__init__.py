@@ -2,6 +2,8 @@
 
 - :mod:`pf_envs.envs.channel_prune` - ``ChannelPrune-*``: He et al. channel pruning under a
   FLOPs budget, channels removed physically.
+- :mod:`pf_envs.envs.dis_chn_prune` - ``DisChnPrune-*``: the same, with discrimination-aware
+  channel selection (Zhuang et al. 2018; auxiliary classifiers + greedy gradient-norm order).
 - :mod:`pf_envs.envs.quant_ort` - ``QuantORT-*``: int8 or fp32 per layer in ONNX Runtime
   (static QDQ quantization), under a measured latency budget; the candidate is the
   deployable ``.onnx``.

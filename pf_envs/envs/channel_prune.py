@@ -267,10 +267,21 @@ class ChannelPruneEnv(ModelCompressionEnv):
         spaces = [self._space(g) for g in self.step_groups]
         static = [self._static_row(i, g) for i, g in enumerate(self.step_groups)]
         self._setup_budget(spaces, ChannelMACs(self.table, self.step_groups), self.flops_budget, static)
-        self.pruner = ChannelPruner(
+        self.pruner = self._make_pruner()
+
+    def _make_pruner(self) -> ChannelPruner:
+        """The pruner that selects, reconstructs and removes channels: the seam where a method
+        that differs only in its channel selection (DisChnPrune) supplies its own."""
+        s = self.settings
+        return ChannelPruner(
             self.model, self.table.groups, self._stats(),
             selection=s["selection"], reconstruct=bool(s["reconstruct"]),
         )
+
+    def _needs_stats(self) -> bool:
+        """Whether the consumer statistics are used (LASSO selection or reconstruction)."""
+        s = self.settings
+        return s["selection"] == "lasso" or bool(s["reconstruct"])
 
     def _resolved_settings(self) -> dict[str, Any]:
         return {"channel_round": self.channel_round}
@@ -293,7 +304,7 @@ class ChannelPruneEnv(ModelCompressionEnv):
             g for g in self.table.groups if all(self.table[c].in_channels == g.channels for c in g.consumers)
         ]
         consumers = sorted({c for g in direct for c in g.consumers})
-        if not ((s["selection"] == "lasso" or s["reconstruct"]) and consumers):
+        if not (self._needs_stats() and consumers):
             return None
         key = cache_key(
             "chnprune-stats", model=self.model_fingerprint, consumers=consumers, images=int(s["feature_images"]),
