@@ -16,6 +16,8 @@ from pf_envs import zoo
 # method name -> entry point ("module:Class"); one row per implemented compression method.
 METHODS: dict[str, str] = {
     "ChannelPrune": "pf_envs.envs.channel_prune:ChannelPruneEnv",
+    "UniformQuant": "pf_envs.envs.uniform_quant:UniformQuantEnv",
+    "NonUniformQuant": "pf_envs.envs.nonuniform_quant:NonUniformQuantEnv",
 }
 
 
