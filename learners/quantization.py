@@ -107,9 +107,15 @@ class ActivationQuantizer(nn.Module):
                     "an activation quantizer was used in eval mode before its range was set: run training-mode "
                     "batches through the model (fine-tuning or BatchNorm re-estimation) or call set_range() first"
                 )
-        if not self.training and not torch.is_grad_enabled():
-            return self._fake_quant_inference(x)
-        return self.fake_quant(x)
+        if torch.is_grad_enabled():
+            return self.fake_quant(x)  # fine-tuning: PyTorch's kernel, with its straight-through mask
+        if self.training:  # BatchNorm re-estimation: the observer learns, as in FakeQuantize.forward
+            fq = self.fake_quant
+            fq.activation_post_process(x.detach())
+            scale, zero_point = fq.calculate_qparams()
+            fq.scale.resize_(scale.shape).copy_(scale)
+            fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
+        return self._fake_quant_inference(x)
 
     def _fake_quant_inference(self, x: torch.Tensor) -> torch.Tensor:
         """The same values as ``self.fake_quant(x)`` without its gradient mask: PyTorch's
