@@ -128,6 +128,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     STATIC_FEATURES: ClassVar[tuple[str, ...]] = ()
     #: Visit the units in a new order each episode, drawn from the env's seed at reset (a
     #: method sets it in ``__init__``, e.g. from a kwarg); False: unit order, every episode.
+    #: A method that sets it reads the finished episode's values as :attr:`policy` (unit
+    #: order), not :attr:`applied` (step order); its hooks get unit indices.
     random_order: bool = False
 
     model_fingerprint: str | None = None

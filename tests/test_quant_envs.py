@@ -254,3 +254,42 @@ def test_nonuniform_codebooks_are_cached_per_layer_and_bits(cifar_root, checkpoi
     assert len(c) == 8 and np.all(np.diff(c) > 0) and u.codebook(name, 3) is c
     q = u.policy_model([3.0] * u.num_steps)
     assert np.allclose(q.get_submodule(name).codebook.centroids.detach().numpy(), c)
+
+
+def test_core_random_order_on_the_toy_env():
+    """The core's random visit order (any method): a permutation per reset from the seed, the
+    budget kept, the reward and cost of a policy independent of the order it was visited in,
+    and the fixed order unchanged (same observations as an env without the flag)."""
+    from pf_envs.envs.toy import ToyEnv
+
+    class RandomToy(ToyEnv):
+        random_order = True
+
+        def _evaluate(self):  # a method that visits in random order reads the policy in unit order
+            applied, self.applied = self.applied, self.policy
+            try:
+                return super()._evaluate()
+            finally:
+                self.applied = applied
+
+    env, fixed = RandomToy(units=9, budget=0.4), ToyEnv(units=9, budget=0.4)
+    orders = set()
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        actions = rng.uniform(-1, 1, 9)
+        obs, _ = env.reset(seed=seed)
+        orders.add(tuple(env.visit_order))
+        assert obs[:-3].tolist() == env._static[env.visit_order[0]].tolist()
+        for t, a in enumerate(actions):
+            obs, reward, terminated, _, info = env.step(np.array([a], np.float32))
+            assert info["unit"] == env.visit_order[t]
+        assert info["cost_ratio"] <= 0.4 + 1e-9
+        assert [info["policy"][u] for u in env.visit_order] == env.applied
+        replayed, again = fixed.play_policy(info["policy"])  # the same policy in the fixed order
+        assert replayed == reward and again["cost_ratio"] == pytest.approx(info["cost_ratio"])
+        r2, info2 = env.play_policy(info["policy"], seed=seed + 100)  # another order, same values
+        assert r2 == reward and info2["policy"] == info["policy"]
+    assert len(orders) > 1
+    a, b = ToyEnv(units=9, budget=0.4), ToyEnv(units=9, budget=0.4)
+    a.reset(seed=0)
+    assert a.visit_order == list(range(9)) and "unit" not in a.step(np.array([0.3], np.float32))[4]
