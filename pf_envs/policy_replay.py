@@ -57,7 +57,8 @@ def _policy_of(record: Sequence[float] | Mapping[str, Any]) -> tuple[list[float]
         # the final info's policy is in unit order; "applied" is in step order, the same unless
         # the env visits its units in a random order (pf_envs.core.CompressionEnv.random_order)
         info = record.get("info")
-        values = info["policy"] if isinstance(info, Mapping) and isinstance(info.get("policy"), list) else record["applied"]
+        unit_order = isinstance(info, Mapping) and isinstance(info.get("policy"), list)
+        values = info["policy"] if unit_order else record["applied"]
         return [float(v) for v in values], (None if seed is None else int(seed)), (
             None if reward is None else float(reward))
     return [float(v) for v in record], None, None

@@ -290,6 +290,6 @@ def test_core_random_order_on_the_toy_env():
         r2, info2 = env.play_policy(info["policy"], seed=seed + 100)  # another order, same values
         assert r2 == reward and info2["policy"] == info["policy"]
     assert len(orders) > 1
-    a, b = ToyEnv(units=9, budget=0.4), ToyEnv(units=9, budget=0.4)
+    a = ToyEnv(units=9, budget=0.4)
     a.reset(seed=0)
     assert a.visit_order == list(range(9)) and "unit" not in a.step(np.array([0.3], np.float32))[4]

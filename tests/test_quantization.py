@@ -8,8 +8,17 @@ import torch
 from torch import nn
 
 from learners.quantization import (
-    ActivationQuantizer, Codebook, LayerQuant, QuantConv2d, QuantLinear, activation_ranges, assign, fit_codebook,
-    quantize_model, storage_bytes, uniform_weight_quantizer,
+    ActivationQuantizer,
+    Codebook,
+    LayerQuant,
+    QuantConv2d,
+    QuantLinear,
+    activation_ranges,
+    assign,
+    fit_codebook,
+    quantize_model,
+    storage_bytes,
+    uniform_weight_quantizer,
 )
 
 

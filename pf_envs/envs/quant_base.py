@@ -129,10 +129,11 @@ class QuantEnvBase(ModelCompressionEnv):
         if bitops is not None:
             self.budget_kind, cost, budget = "bitops", self._bitops, float(bitops)
             floor = self._bitops([float(self.min_bits)] * n_units) / self._bitops.reference
+            acts = "min_bits" if self.act_bits is None else self.act_bits
             if budget < floor - 1e-12:
                 raise ValueError(
                     f"bitops_budget={bitops} is unreachable for {self.model_name}: with every layer at "
-                    f"min_bits={self.min_bits} (activations at {'min_bits' if self.act_bits is None else self.act_bits}) "
+                    f"min_bits={self.min_bits} (activations at {acts}) "
                     f"the model still has {floor:.4f} of the 8/8-bit model's bit-operations; choose "
                     f"bitops_budget >= {np.ceil(floor * 1e4) / 1e4} or lower min_bits")
         else:
