@@ -52,7 +52,7 @@ class NonUniformQuantEnv(QuantEnvBase):
         max_bits: int = 8,
         act_bits: int | str = 8,
         random_order: bool = False,
-        ft_iters: int = 100,
+        ft_iters: int = 0,
         ft_batch_size: int = 64,
         ft_lr: float | None = None,
         reward: str = "accuracy",

@@ -59,7 +59,8 @@ class UniformQuantEnv(QuantEnvBase):
         random_order: visit the layers in a new order each episode, drawn from the env's seed
             (PocketFlow); default False (execution order).
         ft_iters: SGD steps of fine-tuning with the quantizers in the loop before scoring
-            (default 100: measured in docs/quantization.md). ft_batch_size / ft_lr: its batch
+            (default 0: BatchNorm re-estimation only; 100 steps at the zoo's lr lost accuracy
+            at 8 bits, docs/quantization.md). ft_batch_size / ft_lr: its batch
             size and initial learning rate (cosine to 0; default: the zoo's for the model).
         reward / reward_split / reward_samples / bn_batches / bn_batch_size / bn_augment /
             device / cache: as for every model env.
@@ -82,7 +83,7 @@ class UniformQuantEnv(QuantEnvBase):
         max_bits: int = 8,
         act_bits: int | str = 8,
         random_order: bool = False,
-        ft_iters: int = 100,
+        ft_iters: int = 0,
         ft_batch_size: int = 64,
         ft_lr: float | None = None,
         reward: str = "accuracy",
