@@ -50,9 +50,9 @@ def budget_kwarg(env_id: str) -> str:
     return cls.budget_kwarg
 
 
-def rescore(env_id: str, env_kwargs: dict, raw_actions: list[float]) -> dict:
-    """Play ``raw_actions`` in an env that scores on the whole test split."""
-    env = gym.make(env_id, **{**env_kwargs, "reward_split": "test", "reward_samples": 10_000})
+def rescore(env_id: str, env_kwargs: dict, raw_actions: list[float], samples: int = 10_000) -> dict:
+    """Play ``raw_actions`` in an env that scores on ``samples`` images of the test split."""
+    env = gym.make(env_id, **{**env_kwargs, "reward_split": "test", "reward_samples": samples})
     env.reset(seed=0)
     for a in raw_actions:
         *_, terminated, truncated, info = env.step(np.array([a], np.float32))
@@ -76,6 +76,8 @@ def main() -> None:
     p.add_argument("--reward-samples", type=int, default=5000,
                    help="val images each episode is scored on (5,000: the whole val split, as PocketFlow; "
                         "fewer make episodes cheaper and the best reward more biased)")
+    p.add_argument("--rescore-samples", type=int, default=10_000,
+                   help="test images each best policy is re-scored on (10,000: the whole test split)")
     p.add_argument("--env-kwargs", default="", help="extra env kwargs k=v,k=v")
     p.add_argument("--ddpg-kwargs", default="warmup_episodes=20", help="ddpg agent kwargs k=v,k=v")
     p.add_argument("--logdir", default="benchmarks/runs/search_quality")
@@ -105,7 +107,7 @@ def main() -> None:
                        "policy": best["applied"],
                        # from the records, so a resumed run reports its whole search time
                        "search_s": round(sum(e.get("wall_time_s", 0.0) for e in result.history), 1)}
-                row.update(rescore(args.env, env_kwargs, best["raw_actions"]))
+                row.update(rescore(args.env, env_kwargs, best["raw_actions"], args.rescore_samples))
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "policy"}), flush=True)
 

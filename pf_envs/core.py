@@ -1,7 +1,9 @@
 """The environment core shared by every compression method: the episode and the budget.
 
 An episode walks the method's compression units (layers, channel groups, a layer's weights
-or activations) in a fixed order, one step each. The agent's action in ``[-1, 1]`` is mapped
+or activations) one step each, in a fixed order or, where the method sets
+:attr:`CompressionEnv.random_order` (PocketFlow's quantization search), in an order drawn from
+the env's seed at every reset (:attr:`CompressionEnv.visit_order`). The agent's action in ``[-1, 1]`` is mapped
 linearly to the unit's value range (:class:`pf_envs.budget.UnitSpace`: keep ratio, sparsity,
 bits), rounded to the unit's grid, clamped so that the budget stays reachable
 (:func:`pf_envs.budget.clamp`, AMC's rule for any monotone :class:`pf_envs.budget.Cost`), and
@@ -70,6 +72,22 @@ def check_kwargs(env_name: str, unknown: dict[str, Any], valid: Sequence[str]) -
         )
 
 
+class VisitCost:
+    """A :class:`~pf_envs.budget.Cost` that takes values in visit order (``order[i]`` is the unit
+    visited at step ``i``) and prices them in unit order: the clamp and the dynamic features
+    see an episode in random order as a prefix of steps, as with the fixed order."""
+
+    def __init__(self, cost: Cost, order: Sequence[int]) -> None:
+        self.cost, self.order = cost, list(order)
+        self.name, self.increasing, self.reference = cost.name, cost.increasing, cost.reference
+
+    def __call__(self, values: Sequence[float]) -> float:
+        units = [0.0] * len(self.order)
+        for i, v in zip(self.order, values):
+            units[i] = v
+        return self.cost(units)
+
+
 def minmax(features: np.ndarray) -> np.ndarray:
     """Scale each column to [0, 1] over the rows; constant columns become 0."""
     lo, hi = features.min(0), features.max(0)
@@ -86,7 +104,10 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         unit_spaces: each unit's :class:`~pf_envs.budget.UnitSpace`.
         cost: the budgeted :class:`~pf_envs.budget.Cost`.
         budget: the fraction of ``cost.reference`` a policy may keep.
-        applied / raw_actions: this episode's applied values and (clipped) actions so far.
+        applied / raw_actions: this episode's applied values and (clipped) actions so far, in
+            the order the steps visited the units (:attr:`visit_order`).
+        visit_order: the unit of each step this episode (``range(num_steps)`` unless
+            :attr:`random_order`); :attr:`policy` holds the applied values in unit order.
         model_fingerprint: SHA-1 prefix of the base model's weights (None: no model); the
             search harness records it so that a run is never resumed against other weights.
         recovery_fingerprint: SHA-1 prefix of every setting that decides the reward, and the
@@ -105,6 +126,11 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     DYNAMIC_FEATURES: ClassVar[tuple[str, ...]] = ("reduced", "rest", "prev_value")
     #: Names of the static observation features, one per column of the static table.
     STATIC_FEATURES: ClassVar[tuple[str, ...]] = ()
+    #: Visit the units in a new order each episode, drawn from the env's seed at reset (a
+    #: method sets it in ``__init__``, e.g. from a kwarg); False: unit order, every episode.
+    #: A method that sets it reads the finished episode's values as :attr:`policy` (unit
+    #: order), not :attr:`applied` (step order); its hooks get unit indices.
+    random_order: bool = False
 
     model_fingerprint: str | None = None
     recovery_fingerprint: str | None = None
@@ -122,6 +148,9 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self._dry_run = False
         self.raw_actions: list[float] = []
         self.applied: list[float] = []
+        self.visit_order: list[int] = []
+        self._visit_spaces: list[UnitSpace] = []
+        self._visit_cost: Cost | None = None
         self.last_timing: dict[str, float] = {}
 
     # -- set-up --------------------------------------------------------------------------------
@@ -150,12 +179,43 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         self._static = minmax(static)
         self._rest = [self._later_cost(t) / cost.reference for t in range(len(self.unit_spaces))]
+        self._set_visit_order(list(range(len(self.unit_spaces))))
         n = self._static.shape[1] + len(self.DYNAMIC_FEATURES)
         self.observation_space = spaces.Box(0.0, 1.0, (n,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
 
     def _subject(self) -> str:
         return type(self).__name__
+
+    def _set_visit_order(self, order: list[int]) -> None:
+        """Visit the units in ``order`` this episode (the clamp, the features and the ``rest``
+        of each step follow it; the fixed unit order keeps the method's own ``_later_cost``)."""
+        assert self.cost is not None
+        self.visit_order = order
+        if order == list(range(len(self.unit_spaces))):
+            self._visit_spaces, self._visit_cost = self.unit_spaces, self.cost
+            self._visit_rest = self._rest
+            return
+        self._visit_spaces = [self.unit_spaces[u] for u in order]
+        self._visit_cost = VisitCost(self.cost, order)
+        ref = self.cost.reference
+        inc = self.cost.increasing
+        self._visit_rest = []
+        for t in range(len(order)):
+            head = [s.end(True, inc) for s in self._visit_spaces[: t + 1]]
+            dear = policy_cost(self._visit_cost, self._visit_spaces, head, rest="dear")
+            cheap = policy_cost(self._visit_cost, self._visit_spaces, head, rest="cheap")
+            self._visit_rest.append((dear - cheap) / ref)
+
+    @property
+    def policy(self) -> list[float]:
+        """The applied values of this (finished) episode in unit order."""
+        if len(self.applied) != self.num_steps:
+            raise RuntimeError("the episode is not finished: the policy has a value per unit only at its end")
+        values = [0.0] * self.num_steps
+        for u, v in zip(self.visit_order, self.applied):
+            values[u] = v
+        return values
 
     @property
     def num_steps(self) -> int:
@@ -219,9 +279,10 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         reference) and the previous applied value."""
         assert self.cost is not None
         ref = self.cost.reference
-        removed = 1.0 - policy_cost(self.cost, self.unit_spaces, self.applied, rest="dear") / ref
-        rest = self._rest[t] if self._t < self.num_steps else 0.0
-        prev = self._normalise_value(len(self.applied) - 1, self.applied[-1]) if self.applied else 1.0
+        removed = 1.0 - policy_cost(self._visit_cost, self._visit_spaces, self.applied, rest="dear") / ref
+        rest = self._visit_rest[t] if self._t < self.num_steps else 0.0
+        prev = (self._normalise_value(self.visit_order[len(self.applied) - 1], self.applied[-1])
+                if self.applied else 1.0)
         return [removed, rest, prev]
 
     def _policy_info(self) -> dict[str, Any]:
@@ -236,7 +297,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     def _observation(self) -> np.ndarray:
         t = min(self._t, self.num_steps - 1)
         dyn = np.clip(np.asarray(self._dynamic_features(t), np.float32), 0.0, 1.0)
-        return np.concatenate([self._static[t], dyn]).astype(np.float32)
+        return np.concatenate([self._static[self.visit_order[t]], dyn]).astype(np.float32)
 
     def observation_features(self) -> tuple[str, ...]:
         """Names of the observation's entries, in order."""
@@ -254,6 +315,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self._t = 0
         self._done = False
         self.raw_actions, self.applied = [], []
+        if self.random_order:
+            self._set_visit_order([int(u) for u in self.np_random.permutation(self.num_steps)])
         self._begin_episode()
         return self._observation(), {"step": 0, "num_steps": self.num_steps}
 
@@ -270,21 +333,22 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             )
         assert self.cost is not None
         t = self._t
+        u = self.visit_order[t]  # the unit of this step (t itself unless random_order)
         raw = float(np.clip(a[0], -1.0, 1.0))
-        wanted = self._round(t, self.unit_spaces[t].to_value(raw))
-        applied = float(clamp(t, wanted, self.applied, self.unit_spaces, self.cost, self.budget_limit))
+        wanted = self._round(u, self.unit_spaces[u].to_value(raw))
+        applied = float(clamp(t, wanted, self.applied, self._visit_spaces, self._visit_cost, self.budget_limit))
         self.raw_actions.append(raw)
         self.applied.append(applied)
         self._t += 1
         info = {
-            "step": t, "raw_action": raw, "applied": applied, "applied_action": self.value_to_action(t, applied),
-            "clamped": applied != wanted, **self._unit_info(t, applied),
+            "step": t, "raw_action": raw, "applied": applied, "applied_action": self.value_to_action(u, applied),
+            "clamped": applied != wanted, **({"unit": u} if self.random_order else {}), **self._unit_info(u, applied),
         }
         if self._t < self.num_steps:
             return self._observation(), 0.0, False, False, info
         self._done = True
-        ratio = self.policy_cost_ratio(self.applied)
-        info.update(policy=list(self.applied), cost_ratio=ratio, budget=self.budget, cost_name=self.cost.name)
+        ratio = self.policy_cost_ratio(self.policy)
+        info.update(policy=self.policy, cost_ratio=ratio, budget=self.budget, cost_name=self.cost.name)
         if self.ratio_key:
             info[self.ratio_key] = ratio
         info.update(self._policy_info())
@@ -314,8 +378,10 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         """Play the episode whose applied values are ``values`` (a recorded policy: the
         ``applied`` list of an ``episodes.jsonl`` line or ``best.json``), without an agent;
         returns (reward, final info). ``seed`` is the recorded episode's reset seed (it decides
-        the fine-tuning batches when the env fine-tunes). ``compressed_model()`` then returns
-        the candidate (model envs).
+        the fine-tuning batches when the env fine-tunes, and the visit order under
+        ``random_order``). ``values`` are in unit order (the final info's ``policy``); each step
+        plays the value of the unit it visits. ``compressed_model()`` then returns the
+        candidate (model envs).
 
         Raises:
             ValueError: ``values`` is not a policy this env can play as given (wrong length, a
@@ -330,8 +396,10 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         self.reset(seed=seed, options={"dry_run": True} if dry_run else None)
         info: dict[str, Any] = {}
         reward: SupportsFloat = 0.0
-        for t, v in enumerate(values):
-            _, reward, terminated, _, info = self.step(np.array([self.value_to_action(t, v)], np.float32))
+        for t in range(self.num_steps):
+            u = self.visit_order[t]
+            v = values[u]
+            _, reward, terminated, _, info = self.step(np.array([self.value_to_action(u, v)], np.float32))
             if not math.isclose(info["applied"], v, rel_tol=1e-6, abs_tol=1e-9):
                 self._done = True
                 raise ValueError(

@@ -54,7 +54,12 @@ def _policy_of(record: Sequence[float] | Mapping[str, Any]) -> tuple[list[float]
                              "or the list of applied values")
         seed = record.get("seed")
         reward = record.get("reward")
-        return [float(v) for v in record["applied"]], (None if seed is None else int(seed)), (
+        # the final info's policy is in unit order; "applied" is in step order, the same unless
+        # the env visits its units in a random order (pf_envs.core.CompressionEnv.random_order)
+        info = record.get("info")
+        unit_order = isinstance(info, Mapping) and isinstance(info.get("policy"), list)
+        values = info["policy"] if unit_order else record["applied"]
+        return [float(v) for v in values], (None if seed is None else int(seed)), (
             None if reward is None else float(reward))
     return [float(v) for v in record], None, None
 

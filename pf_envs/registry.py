@@ -19,6 +19,8 @@ METHODS: dict[str, str] = {
     "QuantORT": "pf_envs.envs.quant_ort:QuantORTEnv",
     "WeightSparse": "pf_envs.envs.weight_sparse:WeightSparseEnv",
     "DisChnPrune": "pf_envs.envs.dis_chn_prune:DisChnPruneEnv",
+    "UniformQuant": "pf_envs.envs.uniform_quant:UniformQuantEnv",
+    "NonUniformQuant": "pf_envs.envs.nonuniform_quant:NonUniformQuantEnv",
 }
 
 
