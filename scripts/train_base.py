@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="checkpoint file (default: the zoo's shipped path)")
     p.add_argument("--work", default=None, help="resumable training state (default: in the cache folder)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU where there is one)")
     p.add_argument("--init", default=None,
                    help="start from this checkpoint's weights (a warm restart: e.g. --lr 0.01 --warmup-epochs 0)")
     args = p.parse_args(argv)
@@ -94,6 +95,9 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cfg: TrainConfig, spe
     """Train (or resume), save the checkpoint and its record. A refused training state
     (ValueError) is reported here; DataError / CheckpointError propagate to :func:`main`."""
     work.parent.mkdir(parents=True, exist_ok=True)
+    from pf_envs.core import resolve_device
+
+    device = resolve_device(args.device)
     data = load_dataset(args.dataset, args.data_root)
     torch.manual_seed(cfg.seed)
     parent_record = None
@@ -104,24 +108,24 @@ def _run(args: argparse.Namespace, argv: list[str] | None, cfg: TrainConfig, spe
     else:
         model = zoo.create_model(spec.name, args.dataset)
     try:
-        history = train(model, data.train, cfg, eval_data=data.val, state_path=work)
+        history = train(model, data.train, cfg, eval_data=data.val, state_path=work, device=device)
     except ValueError as exc:  # a refused training state: the message says to delete it
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    model = model.float().to(memory_format=torch.contiguous_format)
+    model = model.float().cpu().to(memory_format=torch.contiguous_format)
     record = {
         "model": spec.name, "dataset": args.dataset,
         "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
         "config": dataclasses.asdict(cfg), "train_split": f"train ({len(data.train)} images)",
         "history": history, "train_seconds": round(sum(h["seconds"] for h in history), 1),
-        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": f"{platform.machine()} {torch.get_num_threads()} threads, {device}, torch {torch.__version__}",
     }
     if args.init:  # keep the provenance of the weights this run started from
         record["init"] = {"checkpoint": str(args.init), "record": parent_record}
     zoo.save_checkpoint(model, out)
     reloaded = zoo.load(spec.name, args.dataset, checkpoint=out)  # accuracy of what ships (fp16)
-    record["test_acc"] = evaluate(reloaded, data.test)
-    record["val_acc"] = evaluate(reloaded, data.val)
+    record["test_acc"] = evaluate(reloaded.to(device), data.test, device=device)
+    record["val_acc"] = evaluate(reloaded, data.val, device=device)
     zoo.save_checkpoint(model, out, record)
     print(json.dumps({k: record[k] for k in ("model", "test_acc", "val_acc")}))
     return 0
