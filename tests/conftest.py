@@ -80,3 +80,32 @@ def checkpoints(tmp_path_factory):
         return str(path)
 
     return get
+
+
+def make_env(env_id: str, checkpoints, defaults: dict, **kwargs):
+    """``gym.make(env_id)`` with ``defaults`` under ``kwargs``, and the test checkpoint of the
+    id's zoo model where the zoo ships none."""
+    import gymnasium as gym
+
+    import pf_envs
+
+    model = pf_envs.ENV_IDS.get(env_id, {}).get("kwargs", {}).get("model")
+    if model is not None:
+        ckpt = checkpoints(model)
+        if ckpt is not None:
+            kwargs.setdefault("checkpoint", ckpt)
+    return gym.make(env_id, **{**defaults, **kwargs})
+
+
+def play(env, policy, seed: int = 0, dry_run: bool = False):
+    """Play one episode with action ``policy(t)`` at step ``t``; returns the last (reward, info)."""
+    import numpy as np
+
+    obs, _ = env.reset(seed=seed, options={"dry_run": dry_run})
+    t = 0
+    while True:
+        obs, reward, terminated, truncated, info = env.step(np.array([policy(t)], np.float32))
+        assert env.observation_space.contains(obs)
+        t += 1
+        if terminated or truncated:
+            return reward, info

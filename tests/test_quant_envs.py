@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_ENV_KWARGS
+from conftest import SMALL_ENV_KWARGS, make_env, play
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
@@ -21,27 +21,10 @@ QUANT_KWARGS = {k: v for k, v in SMALL_ENV_KWARGS.items() if k not in ("feature_
 R20 = {m: f"{m}-ResNet20-v0" for m in METHODS}
 
 
-def _model_of(env_id: str) -> str:
-    return pf_envs.ENV_IDS[env_id]["kwargs"]["model"]
-
-
 def make(env_id: str, checkpoints, **kwargs) -> gym.Env:
-    if env_id in pf_envs.ENV_IDS and "model" in pf_envs.ENV_IDS[env_id]["kwargs"]:
-        ckpt = checkpoints(_model_of(env_id))
-        if ckpt is not None:
-            kwargs.setdefault("checkpoint", ckpt)
-    return gym.make(env_id, **{**QUANT_KWARGS, **kwargs})
+    return make_env(env_id, checkpoints, QUANT_KWARGS, **kwargs)
 
 
-def play(env: gym.Env, policy, seed: int = 0, dry_run: bool = False):
-    obs, _ = env.reset(seed=seed, options={"dry_run": dry_run})
-    t = 0
-    while True:
-        obs, reward, terminated, truncated, info = env.step(np.array([policy(t)], np.float32))
-        assert env.observation_space.contains(obs)
-        t += 1
-        if terminated or truncated:
-            return reward, info
 
 
 def tiny_model() -> nn.Module:

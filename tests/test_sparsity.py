@@ -9,8 +9,17 @@ import torch
 from torch import nn
 
 from learners.sparsity import (
-    GradualPruning, MaskKeeper, apply_masks, csr_bytes, cubic_sparsity, layerwise_regression, magnitude_mask,
-    magnitude_masks, prunable_layers, pruned_count, sparse_size_bytes,
+    GradualPruning,
+    MaskKeeper,
+    apply_masks,
+    csr_bytes,
+    cubic_sparsity,
+    layerwise_regression,
+    magnitude_mask,
+    magnitude_masks,
+    prunable_layers,
+    pruned_count,
+    sparse_size_bytes,
 )
 
 
