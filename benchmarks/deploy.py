@@ -291,6 +291,45 @@ def make_session(path: Path, threads: int, optimization: str = "all") -> ort.Inf
                           f"{type(exc).__name__}: {str(exc).strip()[:400]}") from exc
 
 
+def profile_kernels(path: Path, threads: int, x1: np.ndarray, runs: int, optimization: str = "all",
+                    top: int = 10) -> dict[str, Any]:
+    """Where a model's time goes: ONNX Runtime's own profiler over ``runs`` batch-1 runs, the
+    kernel time per operator type and the ``top`` slowest nodes, in ms per run (the
+    optimised graph's operators: fused ``Conv``, ``QLinearConv``, ...)."""
+    import json as _json
+    import tempfile
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = OPTIMIZATION_LEVELS[optimization]
+    opts.log_severity_level = 3
+    opts.enable_profiling = True
+    with tempfile.TemporaryDirectory(prefix="pf-profile-") as tmp:
+        opts.profile_file_prefix = str(Path(tmp) / "profile")
+        session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(runs):
+            session.run(None, {name: x1})
+        events = _json.loads(Path(session.end_profiling()).read_text())
+    by_op: dict[str, float] = {}
+    by_node: dict[tuple[str, str], float] = {}
+    for ev in events:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        op = ev.get("args", {}).get("op_name", "?")
+        by_op[op] = by_op.get(op, 0.0) + ev["dur"]
+        key = (ev["name"][: -len("_kernel_time")], op)
+        by_node[key] = by_node.get(key, 0.0) + ev["dur"]
+    per_run = 1e-3 / runs  # microseconds in all -> ms per run
+    return {
+        "threads": threads, "runs": runs,
+        "kernel_ms": sum(by_op.values()) * per_run,
+        "by_op_ms": {k: v * per_run for k, v in sorted(by_op.items(), key=lambda kv: -kv[1])},
+        "top_nodes": [[n, op, v * per_run] for (n, op), v in sorted(by_node.items(), key=lambda kv: -kv[1])[:top]],
+    }
+
+
 def input_signature(session: ort.InferenceSession, path: Path) -> tuple[str, tuple, str]:
     """(input name, shape without the batch dim, element type) of a one-input model."""
     inputs = session.get_inputs()
@@ -516,6 +555,8 @@ def benchmark(args: argparse.Namespace) -> dict[str, Any]:
                     lat = row["latency"][str(n)]
                     print(f"  {e.label}: {n} thread(s) median {lat['median_ms']:.3f} ms", file=sys.stderr,
                           flush=True)
+            if args.profile:
+                row["profile"] = profile_kernels(e.path, threads[0], x1, args.profile, args.optimization)
             rows.append(row)
         ref_row = next(r for r in rows if r["label"] == ref.label)
         for r in rows:
@@ -591,6 +632,12 @@ def format_table(result: dict[str, Any]) -> str:
             lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths))
+        for r in g["models"]:
+            if "profile" in r:
+                prof = r["profile"]
+                ops = ", ".join(f"{op} {ms:.2f}" for op, ms in list(prof["by_op_ms"].items())[:6])
+                lines.append(f"profile {r['label']} ({prof['threads']} thread(s), {prof['runs']} runs, ms per run): "
+                             f"kernels {prof['kernel_ms']:.2f} = {ops}")
         cmp_rows = [r for r in g["models"] if "logits_vs" in r]
         if cmp_rows:
             lines.append("logits against " + str(Path(cmp_rows[0]["logits_vs"]["against"]).parent) + ":")
@@ -625,6 +672,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emulated", help="this run is under an emulator: a description (timings get labelled)")
     p.add_argument("--dump-logits", help="write each model's test logits to this folder (<label>.npy)")
     p.add_argument("--compare-logits", help="compare each model's test logits with those dumped in this folder")
+    p.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                   help="also profile each model over RUNS batch-1 runs at the first thread count: kernel time "
+                        "per operator type and the slowest nodes (where int8 gains or loses)")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--quiet", dest="progress", action="store_false", help="no progress lines on stderr")
     return p
@@ -632,8 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.runs < 1 or args.warmup < 0:
-        print("deploy.py: error: --runs must be >= 1 and --warmup >= 0", file=sys.stderr)
+    if args.runs < 1 or args.warmup < 0 or args.profile < 0:
+        print("deploy.py: error: --runs must be >= 1, --warmup and --profile >= 0", file=sys.stderr)
         return 2
     try:
         result = benchmark(args)

@@ -3,7 +3,10 @@
 1. optional fast fine-tuning (``ft_iters`` SGD steps, cosine lr; a per-step hook lets a
    method keep its sparsity masks or fake quantisers intact through the updates),
 2. BatchNorm statistics re-estimated on a fixed set of augmented training images (the images
-   the base model's own statistics were collected on; the same batches every episode),
+   the base model's own statistics were collected on; the same batches every episode), or,
+   for candidates that keep every BatchNorm of the original model (quantization, weight
+   sparsity), the original statistics moved by the shift the compression causes on those
+   batches (``bn_mode="shift"``: :func:`shift_batchnorm`),
 3. top-1 accuracy on the reward images.
 
 >>> from learners.recovery import RecoveryRecipe, recover
@@ -28,6 +31,13 @@ from learners.training import Batch, BatchSource, evaluate, finetune
 
 #: Seed of the augmentation of the BatchNorm re-estimation batches (the same every episode).
 BN_SEED = 3
+#: How a candidate's BatchNorm statistics are recovered (:class:`RecoveryRecipe`'s ``bn_mode``).
+BN_MODES: tuple[str, ...] = ("reestimate", "shift")
+#: Bound on the factor by which ``bn_mode="shift"`` may scale a running variance.
+MAX_VAR_RATIO = 1e3
+
+#: Running (mean, variance) of every BatchNorm, by module name.
+BatchNormStats = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,14 @@ class RecoveryRecipe:
             ``bn_data``, all of it).
         bn_augment: re-estimate on augmented images (random crop + flip, seeded by ``bn_seed``).
         bn_seed: seed of that augmentation.
+        bn_mode: ``"reestimate"`` (default): the statistics are re-estimated from scratch on
+            the BatchNorm batches. ``"shift"``: the original model's statistics moved by the
+            difference the compression makes on those batches (the candidate's estimate
+            against the original model's estimate on the same batches; variances as a
+            ratio). The sampling error of a few thousand images, common to both estimates,
+            cancels: a candidate that changes nothing keeps the original statistics exactly.
+            Needs a :class:`BatchNormReference` and a candidate with the original's
+            BatchNorm layers (same names and sizes).
     """
 
     ft_iters: int = 100
@@ -49,9 +67,88 @@ class RecoveryRecipe:
     bn_batch_size: int = 128
     bn_augment: bool = True
     bn_seed: int = BN_SEED
+    bn_mode: str = "reestimate"
+
+    def __post_init__(self) -> None:
+        if self.bn_mode not in BN_MODES:
+            raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
 
     def as_dict(self) -> dict[str, object]:
-        return asdict(self)
+        """The recipe's fields (``bn_mode`` only where it is not the default, so that recipes
+        recorded before it existed read the same)."""
+        d = asdict(self)
+        if d["bn_mode"] == "reestimate":
+            del d["bn_mode"]
+        return d
+
+
+@dataclass(frozen=True)
+class BatchNormReference:
+    """The original model's BatchNorm statistics: its own running ones (``original``) and the
+    ones re-estimated on the BatchNorm batches (``estimated``); what ``bn_mode="shift"``
+    measures a candidate against. Build it once per model and batches with
+    :func:`batchnorm_reference`."""
+
+    original: BatchNormStats
+    estimated: BatchNormStats
+
+    def to_lists(self) -> dict[str, dict[str, list[list[float]]]]:
+        """Plain lists (for a JSON cache); :meth:`from_lists` reads them back."""
+        return {which: {k: [m.tolist(), v.tolist()] for k, (m, v) in stats.items()}
+                for which, stats in (("original", self.original), ("estimated", self.estimated))}
+
+    @classmethod
+    def from_lists(cls, data: dict[str, dict[str, list[list[float]]]]) -> BatchNormReference:
+        def read(stats: dict[str, list[list[float]]]) -> BatchNormStats:
+            return {k: (torch.tensor(m, dtype=torch.float32), torch.tensor(v, dtype=torch.float32))
+                    for k, (m, v) in stats.items()}
+        return cls(read(data["original"]), read(data["estimated"]))
+
+
+def batchnorm_stats(model: nn.Module) -> BatchNormStats:
+    """Copies of the running mean and variance of every BatchNorm of ``model``."""
+    return {name: (m.running_mean.detach().clone().cpu(), m.running_var.detach().clone().cpu())
+            for name, m in model.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
+
+
+def batchnorm_reference(
+    model: nn.Module, batches: Iterable[Batch | torch.Tensor], *, device: torch.device | str = "cpu"
+) -> BatchNormReference:
+    """``model``'s own BatchNorm statistics and those :func:`update_batchnorm` estimates on
+    ``batches`` (on a copy: ``model`` is not changed)."""
+    import copy
+
+    twin = copy.deepcopy(model).to(device)
+    update_batchnorm(twin, batches, device=device)
+    return BatchNormReference(batchnorm_stats(model), batchnorm_stats(twin))
+
+
+@torch.no_grad()
+def shift_batchnorm(model: nn.Module, reference: BatchNormReference) -> nn.Module:
+    """Replace the freshly re-estimated statistics of ``model`` (a compressed copy of the
+    reference model, after :func:`update_batchnorm` on the reference's batches) by the
+    reference's original statistics moved by the same change: ``mean = original + (estimate -
+    reference estimate)``, ``var = original * estimate / reference estimate`` (the ratio
+    bounded to ``[1/MAX_VAR_RATIO, MAX_VAR_RATIO]``).
+
+    Raises:
+        ValueError: a BatchNorm of ``model`` that the reference lacks, or of another size
+            (a channel-pruned candidate: use ``bn_mode="reestimate"``).
+    """
+    for name, m in model.named_modules():
+        if not isinstance(m, nn.modules.batchnorm._BatchNorm) or m.running_mean is None:
+            continue
+        if name not in reference.original or reference.original[name][0].shape != m.running_mean.shape:
+            raise ValueError(
+                f"bn_mode='shift': BatchNorm {name!r} of the candidate has no counterpart of the same size in the "
+                "original model (channels were removed?); use bn_mode='reestimate' for such candidates")
+        mean0, var0 = (t.to(m.running_mean.device) for t in reference.original[name])
+        mean_r, var_r = (t.to(m.running_mean.device) for t in reference.estimated[name])
+        ratio = (m.running_var / var_r.clamp_min(1e-12)).clamp(1 / MAX_VAR_RATIO, MAX_VAR_RATIO)
+        m.running_mean.copy_(mean0 + (m.running_mean - mean_r))
+        m.running_var.copy_(var0 * ratio)
+    return model
 
 
 @dataclass
@@ -77,6 +174,14 @@ def update_batchnorm(
     return model.eval()
 
 
+def bn_batches(bn_data: BatchSource, recipe: RecoveryRecipe) -> Iterable[Batch]:
+    """The BatchNorm batches of ``recipe`` (the same every call: augmentation seeded by
+    ``recipe.bn_seed``); what :func:`batchnorm_reference` must see for ``bn_mode="shift"``."""
+    return bn_data.batches(
+        recipe.bn_batch_size, augment=recipe.bn_augment, generator=torch.Generator().manual_seed(recipe.bn_seed)
+    )
+
+
 def recover(
     model: nn.Module,
     *,
@@ -87,10 +192,20 @@ def recover(
     ft_seed: int = 0,
     device: torch.device | str = "cpu",
     step_hook: Callable[[nn.Module, int], None] | None = None,
+    bn_reference: BatchNormReference | None = None,
 ) -> Recovered:
     """Fine-tune (``recipe.ft_iters`` steps, batches drawn with ``ft_seed``), re-estimate
-    BatchNorm statistics on ``bn_data``, and score on ``eval_data``. ``model`` is changed in
-    place, left in eval mode with ``requires_grad`` off."""
+    BatchNorm statistics on ``bn_data`` (``recipe.bn_mode="shift"``: then move the original
+    statistics of ``bn_reference`` by the change, :func:`shift_batchnorm`), and score on
+    ``eval_data``. An empty ``bn_data`` leaves the statistics as they are. ``model`` is
+    changed in place, left in eval mode with ``requires_grad`` off.
+
+    Raises:
+        ValueError: ``bn_mode="shift"`` without ``bn_reference``.
+    """
+    if recipe.bn_mode == "shift" and bn_reference is None:
+        raise ValueError("recover: bn_mode='shift' needs bn_reference (learners.recovery.batchnorm_reference of the "
+                         "original model on the same BatchNorm batches)")
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
     if recipe.ft_iters:
@@ -102,10 +217,11 @@ def recover(
         )
     timing["finetune_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    batches = bn_data.batches(
-        recipe.bn_batch_size, augment=recipe.bn_augment, generator=torch.Generator().manual_seed(recipe.bn_seed)
-    )
-    update_batchnorm(model, batches, device=device)
+    if len(bn_data):
+        update_batchnorm(model, bn_batches(bn_data, recipe), device=device)
+        if recipe.bn_mode == "shift":
+            shift_batchnorm(model, bn_reference)  # type: ignore[arg-type]
+    model.eval()
     timing["bn_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     accuracy = evaluate(model, eval_data, device=device)

@@ -111,11 +111,13 @@ def main(argv: list[str] | None = None) -> int:
     if best is None:
         print("no episode was played")
         return 1
+    from pf_envs.policy_replay import record_policy
+
     info = best.get("info", {})
     summary = {
         "best_episode": best["episode"], "best_reward": best["reward"],
         **{k: info[k] for k in ("accuracy", "accuracy_original", "flops_ratio", "params_ratio") if k in info},
-        "policy": [round(a, 4) for a in best["applied"]],
+        "policy": [round(a, 4) for a in record_policy(best)],
     }
     print(json.dumps(summary, indent=2))
     print(f"records: {result.run_dir}/episodes.jsonl, best: {result.run_dir}/best.json")

@@ -163,7 +163,10 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
     stem = "retrained" if args.retrain_epochs else "searched"
     model_pt = out / "retrain" / f"{stem}.pt"
     record = _json(model_pt.with_suffix(".json"))
-    fresh = record is not None and model_pt.is_file() and record.get("policy") == best.get("applied")
+    from pf_envs.policy_replay import record_policy
+
+    fresh = (record is not None and model_pt.is_file() and bool(best)
+             and record.get("policy") == record_policy(best))
     if not fresh:
         if args.retrain_epochs:
             cmd = [py, str(SCRIPTS / "retrain.py")]

@@ -25,7 +25,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from learners.recovery import BN_SEED, RecoveryRecipe, recover
+from learners.recovery import BN_SEED, BatchNormReference, RecoveryRecipe, batchnorm_reference, bn_batches, recover
 from learners.training import evaluate
 from pf_envs import zoo
 from pf_envs.cache import cache_key, cached, model_fingerprint
@@ -128,6 +128,7 @@ class ModelCompressionEnv(CompressionEnv):
         self.recipe = RecoveryRecipe(
             ft_iters=int(given["ft_iters"]), ft_batch_size=int(given["ft_batch_size"]), ft_lr=self.ft_lr,
             bn_batch_size=int(given["bn_batch_size"]), bn_augment=bool(given["bn_augment"]), bn_seed=BN_SEED,
+            bn_mode=str(given.get("bn_mode", "reestimate")),
         )
         # the recipe's settings as attributes too (read by benchmarks and users)
         self.ft_iters, self.ft_batch_size = self.recipe.ft_iters, self.recipe.ft_batch_size
@@ -232,6 +233,7 @@ class ModelCompressionEnv(CompressionEnv):
             candidate, recipe=self.recipe, train_data=self.data.train, bn_data=self.bn_data,
             eval_data=self.reward_data, ft_seed=self._ft_seed, device=self.device,
             step_hook=self._step_hook(candidate),
+            bn_reference=self.bn_reference if self.recipe.bn_mode == "shift" else None,
         )
         self._compressed = candidate
         self.last_timing = {"build_s": build_s, **result.timing}
@@ -246,6 +248,21 @@ class ModelCompressionEnv(CompressionEnv):
         return measured, {"reward_samples": len(self.reward_data)}
 
     # -- public ----------------------------------------------------------------------------------
+    @functools.cached_property
+    def bn_reference(self) -> BatchNormReference:
+        """The original model's BatchNorm statistics and their estimate on this env's BatchNorm
+        batches (what ``bn_mode="shift"`` measures candidates against; cached on disk)."""
+        key = cache_key("bn-reference", model=self.model_fingerprint, data=self.data.source,
+                        n=len(self.bn_data), batch=self.recipe.bn_batch_size, augment=self.recipe.bn_augment,
+                        seed=self.recipe.bn_seed, size=self.input_size)
+
+        def compute() -> dict[str, Any]:
+            ref = batchnorm_reference(self.model, bn_batches(self.bn_data, self.recipe), device=self.device)
+            self.model.cpu()
+            return ref.to_lists()
+
+        return BatchNormReference.from_lists(cached(key, compute, enabled=self.cache_enabled))
+
     @functools.cached_property
     def total_macs(self) -> float:
         """MACs of the original model for one sample."""

@@ -47,20 +47,30 @@ class Replayed:
     model_fingerprint: str | None = None
 
 
+def record_policy(record: Mapping[str, Any]) -> list[float]:
+    """The policy of an episode record (an ``episodes.jsonl`` line or ``best.json``) in unit
+    order, what :meth:`pf_envs.core.CompressionEnv.play_policy` takes: the final info's
+    ``policy``. ``applied`` is in step order, the same unless the env visits its units in a
+    random order (:attr:`pf_envs.core.CompressionEnv.random_order`); it is the fallback for
+    records without a final info.
+
+    Raises:
+        ValueError: the record has neither.
+    """
+    info = record.get("info")
+    if isinstance(info, Mapping) and isinstance(info.get("policy"), list):
+        return [float(v) for v in info["policy"]]
+    if "applied" not in record:
+        raise ValueError("the record has no 'applied' values: pass an episodes.jsonl line, best.json, "
+                         "or the list of applied values")
+    return [float(v) for v in record["applied"]]
+
+
 def _policy_of(record: Sequence[float] | Mapping[str, Any]) -> tuple[list[float], int | None, float | None]:
     if isinstance(record, Mapping):
-        if "applied" not in record:
-            raise ValueError("the record has no 'applied' values: pass an episodes.jsonl line, best.json, "
-                             "or the list of applied values")
-        seed = record.get("seed")
-        reward = record.get("reward")
-        # the final info's policy is in unit order; "applied" is in step order, the same unless
-        # the env visits its units in a random order (pf_envs.core.CompressionEnv.random_order)
-        info = record.get("info")
-        unit_order = isinstance(info, Mapping) and isinstance(info.get("policy"), list)
-        values = info["policy"] if unit_order else record["applied"]
-        return [float(v) for v in values], (None if seed is None else int(seed)), (
-            None if reward is None else float(reward))
+        values = record_policy(record)
+        seed, reward = record.get("seed"), record.get("reward")
+        return values, (None if seed is None else int(seed)), (None if reward is None else float(reward))
     return [float(v) for v in record], None, None
 
 

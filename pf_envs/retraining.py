@@ -220,7 +220,9 @@ def _from_episode(rec: Mapping[str, Any], rec_env: str | None, rec_kwargs: Mappi
                   origin: dict[str, Any], where: str) -> PolicySource:
     if "applied" not in rec:
         raise ValueError(f"{where}: the episode record has no 'applied' values; the record is damaged")
-    values = _check_policy(rec["applied"], where)
+    from pf_envs.policy_replay import record_policy
+
+    values = _check_policy(record_policy(rec), where)  # unit order (random_order records differ)
     env = env_id or rec_env
     if not env:
         raise ValueError(f"{where}: no config.json beside the record names its env: pass --env ID and --env-kwargs "

@@ -6,7 +6,7 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
-from conftest import SMALL_ENV_KWARGS
+from conftest import SMALL_ENV_KWARGS, make_env, play
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
@@ -19,26 +19,8 @@ from pf_envs.layers import count_macs
 MODEL_IDS = [i for i in pf_envs.env_ids("ChannelPrune") if i != "ChannelPrune-v0"]
 
 
-def _model_of(env_id: str) -> str:
-    return pf_envs.ENV_IDS[env_id]["kwargs"]["model"]
-
-
 def make(env_id: str, checkpoints, **kwargs) -> gym.Env:
-    ckpt = checkpoints(_model_of(env_id))
-    if ckpt is not None:
-        kwargs.setdefault("checkpoint", ckpt)
-    return gym.make(env_id, **{**SMALL_ENV_KWARGS, **kwargs})
-
-
-def play(env: gym.Env, policy, seed: int = 0, dry_run: bool = False):
-    obs, _ = env.reset(seed=seed, options={"dry_run": dry_run})
-    t = 0
-    while True:
-        obs, reward, terminated, truncated, info = env.step(np.array([policy(t)], np.float32))
-        assert env.observation_space.contains(obs)
-        t += 1
-        if terminated or truncated:
-            return reward, info
+    return make_env(env_id, checkpoints, SMALL_ENV_KWARGS, **kwargs)
 
 
 def test_registry_ids():

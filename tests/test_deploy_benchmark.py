@@ -113,6 +113,20 @@ def test_manifest_without_torch(no_torch_env, export_dir, tmp_path):
     assert "speed-up against resnet20/fp32" in proc.stdout and "EMULATION" not in proc.stdout
 
 
+def test_profile_splits_kernel_time_by_operator(no_torch_env, export_dir, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_deploy(no_torch_env, export_dir / "manifest.json", *FAST, "--profile", "2", "--limit", "8",
+                      "--out", out)
+    rows = {r["name"]: r for r in json.loads(out.read_text())["groups"][0]["models"]}
+    fp32, int8 = rows["fp32"]["profile"], rows["int8"]["profile"]
+    assert fp32["runs"] == 2 and fp32["threads"] == 1
+    assert "QLinearConv" in int8["by_op_ms"] and "QLinearConv" not in fp32["by_op_ms"]
+    assert abs(sum(int8["by_op_ms"].values()) - int8["kernel_ms"]) < 1e-6 and int8["kernel_ms"] > 0
+    assert len(int8["top_nodes"]) == 10 and int8["top_nodes"][0][2] >= int8["top_nodes"][-1][2]
+    assert "profile resnet20/int8" in proc.stdout
+    assert run_deploy(no_torch_env, export_dir / "manifest.json", "--profile", "-1", check=False).returncode == 2
+
+
 def test_bare_files_with_image_folder(no_torch_env, export_dir, cifar_root, tmp_path):
     out = tmp_path / "r.json"
     run_deploy(no_torch_env, export_dir / "model_int8.onnx", export_dir / "model.onnx", "--data", cifar_root / "test",

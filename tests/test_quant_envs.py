@@ -77,10 +77,41 @@ def test_scored_episode_info_matches_the_candidate(method, cifar_root, checkpoin
     assert 0 < info["bitops_ratio"] <= 1.0 and info["budget_kind"] == "avg_bits"
 
 
-def test_eight_bits_everywhere_keeps_the_float_accuracy(cifar_root, checkpoints):
-    env = make(R20["UniformQuant"], checkpoints, avg_bits=8.0, reward_samples=500, bn_batches=4)
+@pytest.mark.parametrize("bn_mode,bound", [("shift", 0.004), ("reestimate", 0.01)])
+def test_eight_bits_everywhere_keeps_the_float_accuracy(bn_mode, bound, cifar_root, checkpoints):
+    env = make(R20["UniformQuant"], checkpoints, avg_bits=8.0, reward_samples=500, bn_batches=4, bn_mode=bn_mode)
     _, info = play(env, lambda t: 1.0)
     assert info["weight_bits"] == [8] * env.unwrapped.num_steps
+    assert abs(info["accuracy"] - info["accuracy_original"]) <= bound
+
+
+def test_bn_shift_keeps_the_original_statistics_where_nothing_changes(cifar_root, checkpoints):
+    """With activations in float and 8-bit weights the quantizers barely move any BatchNorm
+    input: ``bn_mode="shift"`` leaves the statistics next to the original ones, while a fresh
+    re-estimate on 128 images moves them by its sampling error."""
+    def stats(mode: str) -> dict:
+        env = make(R20["UniformQuant"], checkpoints, avg_bits=8.0, bn_batches=2, act_bits=32, bn_mode=mode)
+        play(env, lambda t: 1.0)
+        return env.unwrapped.compressed_model().state_dict()
+
+    original = env_model_state(checkpoints)
+    keys = [k for k in original if k.endswith("running_mean")]
+    shift, fresh = stats("shift"), stats("reestimate")
+    err = {m: max(float((s[k] - original[k]).abs().max()) for k in keys)
+           for m, s in (("shift", shift), ("fresh", fresh))}
+    assert err["shift"] < err["fresh"] / 5
+
+
+def env_model_state(checkpoints) -> dict:
+    env = make(R20["UniformQuant"], checkpoints, bn_batches=0)
+    return env.unwrapped.model.state_dict()
+
+
+def test_bn_batches_zero_keeps_the_statistics_and_still_calibrates_activations(cifar_root, checkpoints):
+    env = make(R20["UniformQuant"], checkpoints, avg_bits=8.0, bn_batches=0)
+    _, info = play(env, lambda t: 1.0)
+    model, cand = env.unwrapped.model.state_dict(), env.unwrapped.compressed_model().state_dict()
+    assert all(torch.equal(model[k], cand[k]) for k in model if "running_" in k)
     assert abs(info["accuracy"] - info["accuracy_original"]) <= 0.01
 
 
@@ -165,6 +196,7 @@ def test_nan_action_and_bad_kwargs(cifar_root, checkpoints):
         ({"act_bits": 12}, "act_bits must be an integer"),
         ({"random_order": 1}, "random_order must be True or False"),
         ({"ft_iters": -1}, "ft_iters must be an integer >= 0"),
+        ({"bn_mode": "shfit"}, "unknown bn_mode 'shfit'; choose one of"),
     ],
 )
 def test_bad_kwargs(kwargs, match, cifar_root, checkpoints):

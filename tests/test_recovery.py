@@ -8,7 +8,15 @@ import pytest
 import torch
 from torch import nn
 
-from learners.recovery import RecoveryRecipe, recover, update_batchnorm
+from learners.recovery import (
+    BatchNormReference,
+    RecoveryRecipe,
+    batchnorm_reference,
+    batchnorm_stats,
+    recover,
+    shift_batchnorm,
+    update_batchnorm,
+)
 from learners.training import recalibrate_batchnorm
 from pf_envs.data import CIFAR10_MEAN, CIFAR10_STD, TensorSplit
 
@@ -86,3 +94,56 @@ def test_recipe_is_recorded_as_a_dict():
     assert RecoveryRecipe().as_dict() == pytest.approx(
         {"ft_iters": 100, "ft_batch_size": 64, "ft_lr": 0.01, "bn_batch_size": 128, "bn_augment": True, "bn_seed": 3}
     )
+
+
+def test_recipe_records_bn_mode_only_when_not_the_default():
+    assert "bn_mode" not in RecoveryRecipe().as_dict()
+    assert RecoveryRecipe(bn_mode="shift").as_dict()["bn_mode"] == "shift"
+    with pytest.raises(ValueError, match="bn_mode must be one of"):
+        RecoveryRecipe(bn_mode="shfit")
+
+
+def test_shift_keeps_original_statistics_for_an_unchanged_candidate_and_moves_them_for_a_changed_one():
+    bn = _split(96, 2)
+    recipe = RecoveryRecipe(ft_iters=0, bn_batch_size=32, bn_mode="shift")
+    batches = list(bn.batches(32, augment=True, generator=torch.Generator().manual_seed(recipe.bn_seed)))
+    model = _model()
+    with torch.no_grad():  # statistics that differ from what the batches give
+        model[1].running_mean.fill_(0.3)
+        model[4].running_var.fill_(2.0)
+    ref = batchnorm_reference(model, batches)
+    assert torch.equal(ref.original["1"][0], model[1].running_mean)  # the model itself is untouched
+    same = copy.deepcopy(model)
+    recover(same, recipe=recipe, train_data=bn, bn_data=bn, eval_data=bn, bn_reference=ref)
+    for name, (mean, var) in batchnorm_stats(same).items():
+        assert torch.allclose(mean, ref.original[name][0], atol=1e-6)
+        assert torch.allclose(var, ref.original[name][1], rtol=1e-5)
+    changed = copy.deepcopy(model)
+    with torch.no_grad():
+        changed[0].weight.mul_(1.5)  # the first BatchNorm's input scales by 1.5
+    recover(changed, recipe=recipe, train_data=bn, bn_data=bn, eval_data=bn, bn_reference=ref)
+    mean0, var0 = ref.original["1"]
+    mean_e, var_e = ref.estimated["1"]
+    bias = model[0].bias
+    expected_mean = mean0 + (1.5 * (mean_e - bias) + bias - mean_e)
+    assert torch.allclose(changed[1].running_mean, expected_mean, atol=1e-5)
+    assert torch.allclose(changed[1].running_var, var0 * 2.25, rtol=1e-3)
+
+
+def test_shift_needs_a_reference_and_matching_layers():
+    bn = _split(64, 2)
+    with pytest.raises(ValueError, match="needs bn_reference"):
+        recover(_model(), recipe=RecoveryRecipe(ft_iters=0, bn_mode="shift"), train_data=bn, bn_data=bn, eval_data=bn)
+    ref = batchnorm_reference(_model(), bn.batches(32))
+    pruned = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4))
+    with pytest.raises(ValueError, match="bn_mode='reestimate'"):
+        shift_batchnorm(pruned, ref)
+    round_trip = BatchNormReference.from_lists(ref.to_lists())
+    assert all(torch.equal(round_trip.original[k][1], ref.original[k][1]) for k in ref.original)
+
+
+def test_empty_batchnorm_data_leaves_the_statistics():
+    model, before = _model(), _model().state_dict()
+    empty = _split(64, 2).subset(0)
+    recover(model, recipe=RecoveryRecipe(ft_iters=0), train_data=empty, bn_data=empty, eval_data=_split(32, 3))
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

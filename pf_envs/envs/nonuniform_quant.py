@@ -61,6 +61,7 @@ class NonUniformQuantEnv(QuantEnvBase):
         bn_batches: int = 20,
         bn_batch_size: int = 128,
         bn_augment: bool = True,
+        bn_mode: str = "shift",
         device: str = "cpu",
         cache: bool = True,
         render_mode: str | None = None,

@@ -25,6 +25,7 @@ import numpy as np
 from torch import nn
 
 from learners.quantization import MAX_BITS, MIN_BITS, LayerQuant, activation_ranges, quantize_model, storage_bytes
+from learners.recovery import BN_MODES
 from pf_envs.budget import BitOps, UnitSpace, WeightBits
 from pf_envs.cache import cache_key, cached
 from pf_envs.layers import CostTable, cost_table
@@ -53,6 +54,9 @@ SETTINGS: dict[str, Setting] = {
     "bitops_budget": Setting("float", low=0, high=16, low_open=True, optional=True,
                              doc="budget: bit-operations as a fraction of the 8-bit-weight, 8-bit-activation model's"),
     "random_order": Setting("bool", doc="visit the layers in a new order each episode (PocketFlow)"),
+    "bn_mode": Setting("choice", choices=BN_MODES,
+                       doc="BatchNorm recovery: 'shift' moves the original statistics by the change the quantizers "
+                           "make on the BatchNorm batches; 'reestimate' estimates them afresh"),
 }
 
 
@@ -155,12 +159,15 @@ class QuantEnvBase(ModelCompressionEnv):
     def _activation_ranges(self) -> dict[str, tuple[float, float]]:
         """Each layer's input range on the original model (cached): where every activation
         quantizer starts before fine-tuning and BatchNorm re-estimation refine it."""
-        n = min(RANGE_IMAGES, len(self.bn_data))
+        # the BatchNorm images (or, with bn_batches=0, as many training images as they would be)
+        source = self.bn_data if len(self.bn_data) else self.data.train.subset(RANGE_IMAGES, seed=2)
+        n = min(RANGE_IMAGES, len(source))
         key = cache_key("quant-act-ranges", model=self.model_fingerprint, layers=self.layer_names, images=n,
+                        source_images=len(source),
                         data=self.data.source, size=self.input_size)
 
         def compute() -> dict[str, list[float]]:
-            batches = self.bn_data.subset(n, seed=0).batches(128)
+            batches = source.subset(n, seed=0).batches(128)
             return {k: list(v) for k, v in activation_ranges(self.model, self.layer_names, batches).items()}
 
         raw = cached(key, compute, enabled=self.cache_enabled)

@@ -43,8 +43,15 @@ import torch
 from torch import nn
 
 from learners.sparsity import (
-    GradualPruning, MaskKeeper, apply_masks, layerwise_regression, magnitude_ranks, mask_from_ranks, prunable_layers,
-    pruned_count, sparse_size_bytes,
+    GradualPruning,
+    MaskKeeper,
+    apply_masks,
+    layerwise_regression,
+    magnitude_ranks,
+    mask_from_ranks,
+    prunable_layers,
+    pruned_count,
+    sparse_size_bytes,
 )
 from pf_envs.budget import NonzeroWeights, UnitSpace
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
