@@ -293,9 +293,9 @@ def make_session(path: Path, threads: int, optimization: str = "all") -> ort.Inf
 
 def profile_kernels(path: Path, threads: int, x1: np.ndarray, runs: int, optimization: str = "all",
                     top: int = 10) -> dict[str, Any]:
-    """Where a model's time goes: ONNX Runtime's own profiler over ``runs`` batch-1 runs, the
-    kernel time per operator type and the ``top`` slowest nodes, in ms per run (the
-    optimised graph's operators: fused ``Conv``, ``QLinearConv``, ...)."""
+    """Where a model's time goes: ONNX Runtime's own profiler over ``runs`` batch-1 runs (after
+    one untimed run), the kernel time per operator type and the ``top`` slowest nodes, in ms
+    per run (the optimised graph's operators: fused ``Conv``, ``QLinearConv``, ...)."""
     import json as _json
     import tempfile
 
@@ -309,13 +309,16 @@ def profile_kernels(path: Path, threads: int, x1: np.ndarray, runs: int, optimiz
         opts.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        for _ in range(runs):
+        for _ in range(runs + 1):  # the first run (allocations, first touches) is left out below
             session.run(None, {name: x1})
         events = _json.loads(Path(session.end_profiling()).read_text())
+    model_runs = sorted((ev["ts"], ev["ts"] + ev["dur"]) for ev in events
+                        if ev.get("cat") == "Session" and ev.get("name") == "model_run")
+    warm_from = model_runs[0][1] if len(model_runs) > runs else float("-inf")
     by_op: dict[str, float] = {}
     by_node: dict[tuple[str, str], float] = {}
     for ev in events:
-        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time") or ev["ts"] < warm_from:
             continue
         op = ev.get("args", {}).get("op_name", "?")
         by_op[op] = by_op.get(op, 0.0) + ev["dur"]

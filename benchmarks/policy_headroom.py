@@ -39,9 +39,10 @@ from pf_agents.cli import parse_kwargs
 
 def play(env: gym.Env, actions: np.ndarray, dry_run: bool = False) -> dict:
     """One episode with ``actions[t]`` at step ``t``; the final info, with ``clamped_any`` and
-    ``policy`` (the applied per-step values)."""
+    ``policy`` (the applied values in unit order: the final info's)."""
     played = play_episode(env, actions, dry_run=dry_run, seed=0)
-    return {**played.info, "clamped_any": played.clamped_any, "policy": list(played.applied)}
+    return {**played.info, "clamped_any": played.clamped_any,
+            "policy": list(played.info.get("policy", played.applied))}
 
 
 def two_level(n: int, k: int, high: float, low: float, front: bool) -> np.ndarray:

@@ -4,8 +4,8 @@
    method keep its sparsity masks or fake quantisers intact through the updates),
 2. BatchNorm statistics re-estimated on a fixed set of augmented training images (the images
    the base model's own statistics were collected on; the same batches every episode), or,
-   for candidates that keep every BatchNorm of the original model (quantization, weight
-   sparsity), the original statistics moved by the shift the compression causes on those
+   for candidates that keep every BatchNorm of the original model (the quantization envs'
+   default), the original statistics moved by the shift the compression causes on those
    batches (``bn_mode="shift"``: :func:`shift_batchnorm`),
 3. top-1 accuracy on the reward images.
 
@@ -129,8 +129,10 @@ def shift_batchnorm(model: nn.Module, reference: BatchNormReference) -> nn.Modul
     """Replace the freshly re-estimated statistics of ``model`` (a compressed copy of the
     reference model, after :func:`update_batchnorm` on the reference's batches) by the
     reference's original statistics moved by the same change: ``mean = original + (estimate -
-    reference estimate)``, ``var = original * estimate / reference estimate`` (the ratio
-    bounded to ``[1/MAX_VAR_RATIO, MAX_VAR_RATIO]``).
+    reference estimate)``, ``var = original * (estimate + eps) / (reference estimate + eps)``
+    (``eps``: the layer's; a channel dead in both keeps its variance). A channel whose
+    variance ratio leaves ``[1/MAX_VAR_RATIO, MAX_VAR_RATIO]`` (the compression changed it
+    beyond what a shift describes) keeps the fresh estimate instead.
 
     Raises:
         ValueError: a BatchNorm of ``model`` that the reference lacks, or of another size
@@ -145,9 +147,10 @@ def shift_batchnorm(model: nn.Module, reference: BatchNormReference) -> nn.Modul
                 "original model (channels were removed?); use bn_mode='reestimate' for such candidates")
         mean0, var0 = (t.to(m.running_mean.device) for t in reference.original[name])
         mean_r, var_r = (t.to(m.running_mean.device) for t in reference.estimated[name])
-        ratio = (m.running_var / var_r.clamp_min(1e-12)).clamp(1 / MAX_VAR_RATIO, MAX_VAR_RATIO)
-        m.running_mean.copy_(mean0 + (m.running_mean - mean_r))
-        m.running_var.copy_(var0 * ratio)
+        ratio = (m.running_var + m.eps) / (var_r + m.eps)
+        ok = (ratio >= 1 / MAX_VAR_RATIO) & (ratio <= MAX_VAR_RATIO)
+        m.running_mean.copy_(torch.where(ok, mean0 + (m.running_mean - mean_r), m.running_mean))
+        m.running_var.copy_(torch.where(ok, var0 * ratio, m.running_var))
     return model
 
 

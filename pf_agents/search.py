@@ -45,8 +45,11 @@ class SearchResult:
 
     @property
     def best_policy(self) -> list[float] | None:
-        """Applied per-layer values of the best episode (keep ratios for ChannelPrune)."""
-        return None if self.best is None else self.best["applied"]
+        """Per-layer values of the best episode, in unit (layer) order (keep ratios for
+        ChannelPrune); what ``play_policy`` and ``pf_envs.replay`` take."""
+        from pf_envs.policy_replay import record_policy
+
+        return None if self.best is None else record_policy(self.best)
 
 
 def pf_env_ids() -> list[str]:

@@ -99,6 +99,9 @@ class ModelCompressionEnv(CompressionEnv):
         # "__class__" was part of it since recipes were recorded (a locals() of __init__), and
         # stays, so that runs recorded before this module existed still resume.
         self._fingerprint_settings = {k: plain(v) for k, v in settings.items() if k not in NOT_RECOVERY}
+        if self._fingerprint_settings.get("bn_mode") == "reestimate":
+            # how every run recorded before bn_mode existed was scored: those runs still resume
+            del self._fingerprint_settings["bn_mode"]
         super().__init__(given["reward"])
         if given.get("render_mode") is not None:
             raise ValueError(f"render_mode={given['render_mode']!r}: {self.METHOD} has no rendering")
@@ -233,7 +236,7 @@ class ModelCompressionEnv(CompressionEnv):
             candidate, recipe=self.recipe, train_data=self.data.train, bn_data=self.bn_data,
             eval_data=self.reward_data, ft_seed=self._ft_seed, device=self.device,
             step_hook=self._step_hook(candidate),
-            bn_reference=self.bn_reference if self.recipe.bn_mode == "shift" else None,
+            bn_reference=self.bn_reference if self.recipe.bn_mode == "shift" and len(self.bn_data) else None,
         )
         self._compressed = candidate
         self.last_timing = {"build_s": build_s, **result.timing}
@@ -252,9 +255,10 @@ class ModelCompressionEnv(CompressionEnv):
     def bn_reference(self) -> BatchNormReference:
         """The original model's BatchNorm statistics and their estimate on this env's BatchNorm
         batches (what ``bn_mode="shift"`` measures candidates against; cached on disk)."""
-        key = cache_key("bn-reference", model=self.model_fingerprint, data=self.data.source,
+        key = cache_key("bn-reference", version=1, model=self.model_fingerprint, data=self.data.source,
                         n=len(self.bn_data), batch=self.recipe.bn_batch_size, augment=self.recipe.bn_augment,
-                        seed=self.recipe.bn_seed, size=self.input_size)
+                        seed=self.recipe.bn_seed, size=self.input_size, device=self.device.type,
+                        workers=getattr(self.bn_data, "num_workers", 0))
 
         def compute() -> dict[str, Any]:
             ref = batchnorm_reference(self.model, bn_batches(self.bn_data, self.recipe), device=self.device)

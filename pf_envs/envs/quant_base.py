@@ -159,7 +159,7 @@ class QuantEnvBase(ModelCompressionEnv):
     def _activation_ranges(self) -> dict[str, tuple[float, float]]:
         """Each layer's input range on the original model (cached): where every activation
         quantizer starts before fine-tuning and BatchNorm re-estimation refine it."""
-        # the BatchNorm images (or, with bn_batches=0, as many training images as they would be)
+        # the BatchNorm images (with bn_batches=0: RANGE_IMAGES training images, the same as 2 x 128 BN images)
         source = self.bn_data if len(self.bn_data) else self.data.train.subset(RANGE_IMAGES, seed=2)
         n = min(RANGE_IMAGES, len(source))
         key = cache_key("quant-act-ranges", model=self.model_fingerprint, layers=self.layer_names, images=n,
