@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from learners.atomic import atomic_torch_save
+from learners.backend_guards import guard_strided_pointwise
 from learners.batches import BatchSource
 from learners.distillation import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, Distillation
 from learners.distributed import DistributedContext
@@ -238,6 +239,7 @@ def retrain(
         if ctx.is_main:
             log(f"resuming from {state_file} after epoch {start_epoch}/{cfg.epochs}")
     hook = make_step_hook(model, total_steps) if make_step_hook is not None else None
+    guard_strided_pointwise(model)  # a oneDNN crash on some pruned shapes (learners/backend_guards.py)
     if ctx.distributed:
         net: nn.Module = nn.parallel.DistributedDataParallel(
             model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)

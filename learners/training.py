@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from learners.atomic import atomic_torch_save
+from learners.backend_guards import guard_strided_pointwise
 from learners.batches import Batch, BatchSource
 from learners.safe_load import TensorFileError, load_tensor_file
 
@@ -110,6 +111,7 @@ def finetune(
     """
     if iterations <= 0:
         return model
+    guard_strided_pointwise(model)  # a oneDNN crash on some pruned shapes (learners/backend_guards.py)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     model.train()
@@ -306,6 +308,7 @@ def train(
         start_epoch, history, swa_state = state["epoch"], state["history"], state.get("swa")
         log(f"resuming from {state_path} after epoch {start_epoch}")
     model.to(device).to(memory_format=torch.channels_last)
+    guard_strided_pointwise(model)
     swa = AveragedModel(model) if cfg.swa_epochs else None
     if swa is not None and swa_state is not None:
         try:
