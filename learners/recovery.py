@@ -204,9 +204,9 @@ def recover(
     changed in place, left in eval mode with ``requires_grad`` off.
 
     Raises:
-        ValueError: ``bn_mode="shift"`` without ``bn_reference``.
+        ValueError: ``bn_mode="shift"`` and BatchNorm data without ``bn_reference``.
     """
-    if recipe.bn_mode == "shift" and bn_reference is None:
+    if recipe.bn_mode == "shift" and bn_reference is None and len(bn_data):
         raise ValueError("recover: bn_mode='shift' needs bn_reference (learners.recovery.batchnorm_reference of the "
                          "original model on the same BatchNorm batches)")
     timing: dict[str, float] = {}
