@@ -17,11 +17,10 @@ values (plus every other parameter at 32 bits).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 import torch
-from torch import nn
 
 from learners.quantization import LayerQuant, fit_codebook
 from pf_envs.cache import cache_key, cached
@@ -38,37 +37,9 @@ class NonUniformQuantEnv(QuantEnvBase):
     METHOD: ClassVar[str] = "NonUniformQuant"
     WEIGHT_MODE: ClassVar[str] = "codebook"
 
-    def __init__(
-        self,
-        model: str | nn.Module = "mobilenet_v1",
-        dataset: str = "cifar10",
-        *,
-        checkpoint: str | None = None,
-        data_root: str | None = None,
-        input_size: int | None = None,
-        avg_bits: float | None = None,
-        bitops_budget: float | None = None,
-        min_bits: int = 2,
-        max_bits: int = 8,
-        act_bits: int | str = 8,
-        random_order: bool = False,
-        ft_iters: int = 0,
-        ft_batch_size: int = 64,
-        ft_lr: float | None = None,
-        reward: str = "accuracy",
-        reward_split: str = "val",
-        reward_samples: int = 5000,
-        bn_batches: int = 20,
-        bn_batch_size: int = 128,
-        bn_augment: bool = True,
-        bn_mode: str = "shift",
-        device: str = "cpu",
-        cache: bool = True,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
+    def _setup_method(self) -> None:
         self._codebooks: dict[tuple[str, int], np.ndarray] = {}
-        super().__init__(dict(locals()), unknown)
+        super()._setup_method()
 
     def codebook(self, layer: str, bits: int) -> np.ndarray:
         """The shared values of ``layer``'s original weights at ``bits`` (fitted once, cached)."""

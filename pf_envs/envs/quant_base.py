@@ -80,6 +80,40 @@ class QuantEnvBase(ModelCompressionEnv):
     #: How weights are quantized (``learners.quantization.WEIGHT_MODES``).
     WEIGHT_MODE: ClassVar[str] = "uniform"
 
+    def __init__(
+        self,
+        model: str | nn.Module = "mobilenet_v1",
+        dataset: str = "cifar10",
+        *,
+        checkpoint: str | None = None,
+        data_root: str | None = None,
+        input_size: int | None = None,
+        avg_bits: float | None = None,
+        bitops_budget: float | None = None,
+        min_bits: int = 2,
+        max_bits: int = 8,
+        act_bits: int | str = 8,
+        random_order: bool = False,
+        ft_iters: int = 0,
+        ft_batch_size: int = 64,
+        ft_lr: float | None = None,
+        reward: str = "accuracy",
+        reward_split: str = "val",
+        reward_samples: int = 5000,
+        bn_batches: int = 20,
+        bn_batch_size: int = 128,
+        bn_augment: bool = True,
+        bn_mode: str = "shift",
+        device: str = "cpu",
+        cache: bool = True,
+        render_mode: str | None = None,
+        **unknown: Any,
+    ) -> None:
+        """Keyword arguments: :class:`pf_envs.envs.uniform_quant.UniformQuantEnv` documents them."""
+        settings = dict(locals())
+        settings["__class__"] = type(self)  # what each env's own __init__ recorded: fingerprints unchanged
+        super().__init__(settings, unknown)
+
     # -- set-up ------------------------------------------------------------------------------------
     def _setup_method(self) -> None:
         s = self.settings

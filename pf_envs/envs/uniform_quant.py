@@ -36,9 +36,7 @@ other parameter at 32 bits) and ``size_ratio`` (against the float32 model).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import ClassVar
 
 from pf_envs.envs.quant_base import QuantEnvBase
 
@@ -72,34 +70,3 @@ class UniformQuantEnv(QuantEnvBase):
 
     METHOD: ClassVar[str] = "UniformQuant"
     WEIGHT_MODE: ClassVar[str] = "uniform"
-
-    def __init__(
-        self,
-        model: str | nn.Module = "mobilenet_v1",
-        dataset: str = "cifar10",
-        *,
-        checkpoint: str | None = None,
-        data_root: str | None = None,
-        input_size: int | None = None,
-        avg_bits: float | None = None,
-        bitops_budget: float | None = None,
-        min_bits: int = 2,
-        max_bits: int = 8,
-        act_bits: int | str = 8,
-        random_order: bool = False,
-        ft_iters: int = 0,
-        ft_batch_size: int = 64,
-        ft_lr: float | None = None,
-        reward: str = "accuracy",
-        reward_split: str = "val",
-        reward_samples: int = 5000,
-        bn_batches: int = 20,
-        bn_batch_size: int = 128,
-        bn_augment: bool = True,
-        bn_mode: str = "shift",
-        device: str = "cpu",
-        cache: bool = True,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
-        super().__init__(dict(locals()), unknown)

@@ -187,8 +187,9 @@ class WeightSparseEnv(ModelCompressionEnv):
         modules = dict(self.model.named_modules())
         self.layer_params = [modules[n].weight.numel() for n in self.layers]
         space = SparsitySpace.around(self.sparsity_target)
+        rows = [self._static_row(t, modules[n]) for t, n in enumerate(self.layers)]
         self._setup_budget([space] * len(self.layers), NonzeroWeights(self.layer_params),
-                           1.0 - self.sparsity_target, [self._static_row(t, modules[n]) for t, n in enumerate(self.layers)])
+                           1.0 - self.sparsity_target, rows)
         self.reg_data = self.data.train.subset(int(s["reg_images"]), seed=REGRESSION_SEED)
         self._reg_batch: torch.Tensor | None = None
         self.masks: dict[str, torch.Tensor] = {}
