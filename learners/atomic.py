@@ -48,11 +48,6 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, *, fsync: bool = 
     return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), fsync=fsync)
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, *, fsync: bool = True) -> Path:
-    """Replace ``path`` with ``data`` atomically."""
-    return atomic_write(path, lambda tmp: tmp.write_bytes(data), fsync=fsync)
-
-
 def atomic_torch_save(obj: Any, path: str | os.PathLike[str], *, fsync: bool = True) -> Path:
     """``torch.save(obj, path)`` atomically (load it back with ``weights_only=True``: keep
     ``obj`` to tensors, numbers, strings and containers of them)."""

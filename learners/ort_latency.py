@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -39,19 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from learners.host import cpu_name
 from learners.ort_quant import QuantizationError, _scope_module, load_onnx
-
-
-def cpu_name() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere), which the
-    latency table is tied to."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def assign_nodes(names: Sequence[str], layers: Sequence[str]) -> dict[str, str]:

@@ -11,11 +11,34 @@ from __future__ import annotations
 
 import argparse
 import ast
+import functools
 import json
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from pf_agents.registry import AGENTS
+
+#: Exit status of a command ended by Ctrl-C (128 + SIGINT, what a shell reports).
+EXIT_INTERRUPTED = 130
+
+
+def on_interrupt(message: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate a command's ``main``: Ctrl-C ends it with one line (``message``, e.g. how to
+    resume) on stderr and exit status 130, instead of a ``KeyboardInterrupt`` traceback."""
+
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(*args: Any, **kwargs: Any) -> int:
+            try:
+                return main(*args, **kwargs)
+            except KeyboardInterrupt:
+                print(f"\ninterrupted: {message}", file=sys.stderr, flush=True)
+                return EXIT_INTERRUPTED
+
+        return run
+
+    return wrap
 
 
 def parse_value(text: str) -> Any:
@@ -77,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@on_interrupt("the episodes finished so far are recorded; run the same command with --resume to continue")
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     agent_kwargs = dict(args.agent_kwargs)
@@ -85,17 +109,18 @@ def main(argv: list[str] | None = None) -> int:
             print("error: --storage/--study-name apply to --agent tpe", file=sys.stderr)
             return 2
         agent_kwargs.update({k: v for k, v in (("storage", args.storage), ("study_name", args.study_name)) if v})
-    import gymnasium as gym
     import torch
 
-    import pf_envs
     from pf_agents.records import RunLockedError, RunWriteError
     from pf_agents.search import search
+    from pf_envs.registry import check_env_id
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.env not in gym.registry:
-        print(f"error: unknown env {args.env!r}; valid: {', '.join(sorted(pf_envs.ENV_IDS))}", file=sys.stderr)
+    try:
+        check_env_id(args.env)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         result = search(
@@ -111,18 +136,36 @@ def main(argv: list[str] | None = None) -> int:
     if best is None:
         print("no episode was played")
         return 1
-    from pf_envs.policy_replay import record_policy
+    from pf_envs.policy_replay import episode_policy
 
     info = best.get("info", {})
     summary = {
         "best_episode": best["episode"], "best_reward": best["reward"],
         **{k: info[k] for k in ("accuracy", "accuracy_original", "flops_ratio", "params_ratio") if k in info},
-        "policy": [round(a, 4) for a in record_policy(best)],
+        "policy": [round(a, 4) for a in episode_policy(best)],
     }
     print(json.dumps(summary, indent=2))
     print(f"records: {result.run_dir}/episodes.jsonl, best: {result.run_dir}/best.json")
     print(f"curves:  tensorboard --logdir {result.run_dir.parent}")
+    print(next_steps(result.run_dir))
     return 0
+
+
+def next_steps(run_dir: Any) -> str:
+    """The commands that take this run's best policy on (replay, re-training, export, the
+    whole job), with this run's folder filled in."""
+    import shlex
+
+    run = shlex.quote(str(run_dir))
+    out = shlex.quote(str(run_dir) + "-out")
+    return "\n".join([
+        "next (pf-* are installed with the package; in a checkout also python scripts/<name>.py):",
+        f"  pf-replay {run} --save {out}/searched.pt                  # the searched candidate as it is (seconds)",
+        f"  pf-retrain --run {run} --epochs 1 --train-images 5000 --out {out}   # a short re-training (minutes)",
+        f"  pf-retrain --run {run} --epochs 30 --out {out}            # the full re-training (hours on a CPU)",
+        f"  pf-export {out}/retrained.pt --out {out}/export --int8    # fp32 + int8 ONNX and a manifest",
+        f"  pf-compress --run {run} --retrain-epochs 30 --int8 --out {out}   # all of it, resumable",
+    ])
 
 
 if __name__ == "__main__":

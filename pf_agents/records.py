@@ -510,3 +510,26 @@ def read_run(path: str | os.PathLike[str]) -> RunRecord:
     record = RunRecord(Path(path))
     record._load(repair=False)
     return record
+
+
+def run_episode(path: str | os.PathLike[str], episode: int | None = None) -> tuple[RunRecord, dict[str, Any]]:
+    """``(the run, its best episode record)``, or episode ``episode`` of it: what replay,
+    re-training and export read from a search's run folder.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a run folder, or no episode is scored yet.
+        ValueError: there is no episode ``episode``.
+        DamagedRunError: see :func:`read_run`.
+    """
+    run_dir = Path(path)
+    if not (run_dir / CONFIG).is_file():
+        raise FileNotFoundError(f"{run_dir / CONFIG} does not exist: {run_dir} is not a search run folder "
+                                "(pass the folder the search wrote, e.g. runs/<env>__<agent>__seed0)")
+    run = read_run(run_dir)
+    if episode is None:
+        if run.best is None:
+            raise FileNotFoundError(f"{run_dir} has no scored episode yet: let the search run")
+        return run, run.best
+    if 0 <= int(episode) < len(run.episodes):
+        return run, run.episodes[int(episode)]
+    raise ValueError(f"{run_dir / EPISODES} has no episode {episode} (it holds {len(run.episodes)})")

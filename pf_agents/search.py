@@ -47,23 +47,16 @@ class SearchResult:
     def best_policy(self) -> list[float] | None:
         """Per-layer values of the best episode, in unit (layer) order (keep ratios for
         ChannelPrune); what ``play_policy`` and ``pf_envs.replay`` take."""
-        from pf_envs.policy_replay import record_policy
+        from pf_envs.policy_replay import episode_policy
 
-        return None if self.best is None else record_policy(self.best)
-
-
-def pf_env_ids() -> list[str]:
-    import pf_envs
-
-    return sorted(pf_envs.ENV_IDS)
+        return None if self.best is None else episode_policy(self.best)
 
 
 def make_env(env_id: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     """``gym.make`` with an error that lists this project's ids when ``env_id`` is unknown."""
-    import pf_envs  # noqa: F401  (registers the ids)
+    from pf_envs.registry import check_env_id
 
-    if env_id not in gym.registry:
-        raise ValueError(f"unknown env {env_id!r}; pocketflow-gym registers {pf_env_ids()}")
+    check_env_id(env_id)
     return gym.make(env_id, **(env_kwargs or {}))
 
 
@@ -132,8 +125,9 @@ def search(
         raise TypeError(f"agent {agent!r} got unknown setting(s) {unknown}; valid: {sorted(agent_cls.DEFAULTS)}")
     if isinstance(env, str):
         env_id = env
-        if env_id not in pf_env_ids() and env_id not in gym.registry:
-            raise ValueError(f"unknown env {env_id!r}; pocketflow-gym registers {pf_env_ids()}")
+        from pf_envs.registry import check_env_id
+
+        check_env_id(env_id)
     else:
         if env_kwargs:
             raise ValueError("env_kwargs apply to an env id; pass them when you build the env instead")

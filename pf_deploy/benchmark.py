@@ -1,18 +1,23 @@
-"""Benchmark exported models where they will run: size, MACs/params, test accuracy, latency.
+"""Stage 4 after the search: benchmark exported models where they will run (size, MACs/params,
+test accuracy, latency), and the deploy manifest's schema (:func:`validate_manifest`,
+:func:`read_manifest`: the one reader, which the exporter checks what it writes with).
 
-    python deploy.py out/manifest.json                           # an export (fp32 + int8) and its test.npz
-    python deploy.py dense/manifest.json pruned/manifest.json --out results.json
-    python deploy.py model.onnx model_int8.onnx --data cifar10-jpeg/test --limit 2000
-    python deploy.py out/manifest.json --dump-logits x86/        # then, on the board:
+    pf-deploy-benchmark out/manifest.json                   # an export (fp32 + int8) and its test.npz
+    pf-deploy-benchmark dense/manifest.json pruned/manifest.json --out results.json
+    pf-deploy-benchmark model.onnx model_int8.onnx --data cifar10-jpeg/test --limit 2000
+    pf-deploy-benchmark out/manifest.json --dump-logits x86/     # then, on the board:
     python deploy.py out/manifest.json --compare-logits x86/     # same outputs as on x86?
 
+(``python -m pf_deploy.benchmark`` and ``python benchmarks/deploy.py`` are the same command.)
 Needs only ``pip install onnxruntime numpy`` (Pillow only to read a JPEG test tree with
-``--data``): it imports nothing of pocketflow-gym and never torch, so it runs as is on a
-phone (Termux), a Raspberry Pi or any board with a Python.
+``--data``): it never imports torch, nor anything of pocketflow-gym but the standard-library
+module :mod:`learners.host`, so it runs on a phone (Termux), a Raspberry Pi or any board with
+a Python. On a board without the package, copy three files into one folder and run
+``deploy.py`` there: ``benchmarks/deploy.py``, ``pf_deploy/benchmark.py``, ``learners/host.py``.
 
 Inputs are ``.onnx`` / ``.ort`` files or ``manifest.json`` files written by the exporter
-(format ``pocketflow-gym/deploy-manifest/1``: several models of one export, their MACs,
-params, preprocessing and a ``test.npz``). For every model it reports the file size, MACs and
+(format :data:`MANIFEST_FORMAT`: several models of one export, their MACs,
+params, preprocessing and a ``test.npz``; schema in docs/export.md). For every model it reports the file size, MACs and
 params (from the manifest; ``-`` for a bare file), the top-1 test accuracy measured here with
 ONNX Runtime, and the batch-1 latency: ``--warmup`` runs, then ``--runs`` timed runs (median,
 p10, p90), once per ``--threads`` setting (ONNX Runtime's ``intra_op_num_threads``; ``all`` =
@@ -48,7 +53,16 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+try:
+    from learners.host import cpu_name, usable_cores
+except ImportError:  # copied onto a board without the package: host.py beside this file
+    from host import cpu_name, usable_cores  # type: ignore[no-redef]
+
 MANIFEST_FORMAT = "pocketflow-gym/deploy-manifest/1"
+MANIFEST_NAME = "manifest.json"
+TEST_DATA_NAME = "test.npz"
+#: Keys every model entry of a manifest has.
+MODEL_KEYS = ("name", "file", "precision", "macs", "params", "size_bytes", "test_accuracy", "test_images")
 RESULT_FORMAT = "pocketflow-gym/deploy-benchmark/1"
 MODEL_SUFFIXES = (".onnx", ".ort")
 # CIFAR-10 per-channel mean/std of the training set (the numbers of pf_envs/data.py).
@@ -63,6 +77,80 @@ _INT8_OP_TYPES = (b"QuantizeLinear", b"DequantizeLinear", b"QLinearConv", b"QLin
 
 class DeployError(Exception):
     """Bad input to the benchmark: the message names the file and says what to do."""
+
+
+class ManifestError(DeployError, ValueError):
+    """A manifest does not follow the schema; the message names the first key that does not."""
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+def validate_manifest(manifest: Any, folder: str | os.PathLike[str] | None = None) -> None:
+    """Check a manifest against the schema (docs/export.md); with ``folder``, also that every
+    file it names exists there.
+
+    Raises:
+        ManifestError: naming the first key that is missing or malformed.
+    """
+    def need(cond: bool, what: str) -> None:
+        if not cond:
+            raise ManifestError(f"manifest: {what}; export the folder again (pf-export)")
+
+    need(isinstance(manifest, dict), "not a JSON object")
+    need(manifest.get("format") == MANIFEST_FORMAT,
+         f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}: it is not a deploy manifest")
+    need(isinstance(manifest.get("models"), list) and manifest["models"], "'models' must be a non-empty list")
+    for m in manifest["models"]:
+        need(isinstance(m, dict) and all(k in m for k in MODEL_KEYS), f"a model entry lacks one of {MODEL_KEYS}")
+        need(m["precision"] in ("fp32", "int8"), f"precision {m['precision']!r} is not fp32 or int8")
+        need(all(isinstance(m[k], int) and m[k] >= 0 for k in ("macs", "params", "size_bytes")),
+             f"{m['name']}: macs, params and size_bytes must be non-negative integers")
+        need(m["test_accuracy"] is None or (isinstance(m["test_accuracy"], float) and 0 <= m["test_accuracy"] <= 1),
+             f"{m['name']}: test_accuracy must be null or a fraction")
+        need(m["test_images"] is None or isinstance(m["test_images"], int),
+             f"{m['name']}: test_images must be an integer or null")
+        need(not Path(m["file"]).is_absolute() and ".." not in Path(m["file"]).parts,
+             f"{m['name']}: file must be a relative path inside the folder")
+        if folder is not None:
+            need((Path(folder) / m["file"]).is_file(), f"{m['file']} is missing")
+    inp = manifest.get("input")
+    need(isinstance(inp, dict) and inp.get("name") and inp.get("dtype") == "float32" and inp.get("layout") == "NCHW",
+         "'input' must name the input, dtype float32, layout NCHW")
+    shape = inp["shape"]
+    need(isinstance(shape, list) and len(shape) == 4 and shape[0] is None and shape[1] == 3
+         and all(isinstance(v, int) and v > 0 for v in shape[2:]), "'input.shape' must be [null, 3, H, W]")
+    pre = manifest.get("preprocess")
+    need(isinstance(pre, dict) and isinstance(pre.get("scale"), float) and len(pre.get("mean", [])) == 3
+         and len(pre.get("std", [])) == 3, "'preprocess' needs scale, mean[3], std[3]")
+    need(isinstance(manifest.get("class_names"), list) and manifest["class_names"], "'class_names' must be a list")
+    td = manifest.get("test_data")
+    need(td is None or isinstance(td, str), "'test_data' must be a file name or null")
+    if folder is not None and td is not None:
+        need((Path(folder) / td).is_file(), f"{td} is missing")
+    need(isinstance(manifest.get("source"), dict), "'source' must be an object")
+
+
+def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The validated manifest ``path`` (a ``manifest.json``, or the export folder holding one).
+
+    Raises:
+        ManifestError: missing, not JSON, or not following the schema.
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix != ".json":
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise ManifestError(f"the manifest {path} does not exist; export the folder with pf-export")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"cannot read the manifest {path}: {exc}; export the model again") from None
+    try:
+        validate_manifest(manifest, path.parent)
+    except ManifestError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
+    return manifest
 
 
 @dataclass
@@ -125,26 +213,11 @@ def _check_model_file(path: Path, origin: str) -> None:
 
 
 def _read_manifest(path: Path) -> list[ModelEntry]:
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DeployError(f"cannot read the manifest {path}: {exc}; export the model again") from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise DeployError(f"{path} is not a deploy manifest (format {found!r}, expected {MANIFEST_FORMAT!r}); "
-                          "pass the manifest.json the exporter wrote, or the .onnx files themselves")
-    models = manifest.get("models")
-    if not isinstance(models, list) or not models:
-        raise DeployError(f"the manifest {path} lists no models ('models' must be a non-empty list)")
-    pre = manifest.get("preprocess") or {}
-    try:
-        preprocess = Preprocess(float(pre.get("scale", DEFAULT_SCALE)), tuple(map(float, pre["mean"])),
-                                tuple(map(float, pre["std"])))
-    except (KeyError, TypeError, ValueError) as exc:
-        raise DeployError(f"the manifest {path} has no valid 'preprocess' (scale, mean[3], std[3]): {exc!r}") from exc
-    layout = (manifest.get("input") or {}).get("layout", "NCHW")
-    if layout not in ("NCHW", "NHWC"):
-        raise DeployError(f"the manifest {path}: input layout {layout!r} is neither NCHW nor NHWC")
+    manifest = read_manifest(path)
+    models = manifest["models"]
+    pre = manifest["preprocess"]
+    preprocess = Preprocess(float(pre["scale"]), tuple(map(float, pre["mean"])), tuple(map(float, pre["std"])))
+    layout = manifest["input"]["layout"]
     test_data = manifest.get("test_data")
     test_npz = (path.parent / test_data) if test_data else None
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
@@ -155,15 +228,10 @@ def _read_manifest(path: Path) -> list[ModelEntry]:
                  else str(source.get("structure") or "-"))
     entries = []
     for i, m in enumerate(models):
-        if not isinstance(m, dict) or "file" not in m:
-            raise DeployError(f"the manifest {path}: models[{i}] has no 'file'")
         file = path.parent / m["file"]
         _check_model_file(file, f"models[{i}] of {path}")
-        precision = m.get("precision")
         entries.append(ModelEntry(
-            path=file, name=str(m.get("name") or file.stem), group=group,
-            precision=str(precision) if precision else _detect_precision(file),
-            precision_from="manifest" if precision else "graph op types",
+            path=file, name=str(m["name"]), group=group, precision=str(m["precision"]), precision_from="manifest",
             structure=structure, macs=m.get("macs"), params=m.get("params"), manifest=path, manifest_entry=m,
             preprocess=preprocess, layout=layout, class_names=manifest.get("class_names"), test_npz=test_npz,
         ))
@@ -399,13 +467,6 @@ def time_batch1(session: ort.InferenceSession, x1: np.ndarray, warmup: int, runs
             "warmup": warmup}
 
 
-def usable_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def parse_threads(values: list[str]) -> list[int]:
     out: list[int] = []
     for v in values:
@@ -415,19 +476,6 @@ def parse_threads(values: list[str]) -> list[int]:
         if n not in out:
             out.append(n)
     return out
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key = line.split(":")[0].strip().lower()
-            if key in ("model name", "hardware", "cpu model"):
-                return line.split(":", 1)[1].strip()
-            if key == "cpu part":
-                return f"ARM part {line.split(':', 1)[1].strip()}"
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def platform_info(label: str | None, emulated: str | None) -> dict[str, Any]:
@@ -653,7 +701,8 @@ def format_table(result: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(prog="pf-deploy-benchmark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("models", nargs="+", help="manifest.json files and/or .onnx/.ort model files")
     p.add_argument("--data", help="ImageFolder test tree <class>/*.jpg (needs Pillow)")
     p.add_argument("--test-npz", help="test images as .npz (images uint8 NHWC, labels)")
@@ -686,13 +735,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.runs < 1 or args.warmup < 0 or args.profile < 0:
-        print("deploy.py: error: --runs must be >= 1, --warmup and --profile >= 0", file=sys.stderr)
+        print("deploy benchmark: error: --runs must be >= 1, --warmup and --profile >= 0", file=sys.stderr)
         return 2
     try:
         result = benchmark(args)
     except DeployError as exc:
-        print(f"deploy.py: error: {exc}", file=sys.stderr)
+        print(f"deploy benchmark: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: nothing was written; run the same command again", file=sys.stderr)
+        return 130
     print(format_table(result))
     if args.out:
         out = Path(args.out)

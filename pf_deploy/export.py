@@ -1,21 +1,36 @@
-"""A deploy bundle: a folder of ONNX / ORT files of one model plus ``manifest.json`` and the
-test images it was scored on, what ``benchmarks/deploy.py`` reads.
+"""Stage 3 after the search: export a compressed (or dense zoo) model for deployment, a deploy
+bundle: fp32 ONNX, static int8 ONNX, ORT format, the test images and ``manifest.json``.
 
-:func:`write_bundle` exports fp32 ONNX (checked against PyTorch), optionally the static int8
-model (:mod:`learners.ort_quant`) and the ORT-format files for ONNX Runtime Mobile, scores
-every file in a fresh ONNX Runtime session on the given test images, and writes the manifest
-(:data:`MANIFEST_FORMAT`, schema in docs/export.md). Everything is built in a staging folder
-beside ``out_dir`` and moved in at the end, manifest last: a failed or killed export leaves no
-half-written file in ``out_dir`` (at worst a ``.<name>.tmp<pid>`` folder beside it).
+    pf-export out/mbv1_uniform50.pt --out out/export/mbv1-uniform50 --int8 --ort-format
+    pf-export mobilenet_v1 --out out/export/mbv1-dense --int8 --imagenet-twin
 
-Plain PyTorch / ONNX Runtime: the caller supplies the images and the MACs.
+(``python -m pf_deploy.export`` and, in a checkout, ``python scripts/export.py`` are the same.)
+Input: a compressed-model file (``NAME.pt`` + ``NAME.json``, from ``pf-replay --save`` or
+``pf-retrain``) or a zoo model name (the dense model); :mod:`pf_deploy.export_source` reads
+it. Writes ``model.onnx`` (fp32, checked against PyTorch), with ``--int8`` ``model.int8.onnx``
+(ONNX Runtime static int8, QDQ, per-channel weights, MinMax ranges from ``--calib-images``
+training images), with ``--ort-format`` the ``.ort`` files for ONNX Runtime Mobile,
+``test.npz`` (the raw test images scored) and ``manifest.json`` (docs/export.md).
+``--imagenet-twin`` adds ``OUT/imagenet-twin/``: the ImageNet-shaped variant of the
+architecture at 224x224 with the model's channel counts and random weights, for latency only
+(accuracy ``null``). Cost on a CPU: about a minute for ResNet-20 on all 10,000 test images
+(``--test-samples 2000`` and ``--no-exact-int8`` make it several times shorter).
+
+:func:`write_bundle` is the library call: it scores every file in a fresh ONNX Runtime
+session and writes the manifest (:data:`pf_deploy.benchmark.MANIFEST_FORMAT`, checked with
+the benchmark's own :func:`pf_deploy.benchmark.validate_manifest` before it is written).
+Everything is built in a staging folder beside ``out_dir`` and moved in at the end, manifest
+last: a failed or killed export leaves no half-written file in ``out_dir`` (at worst a
+``.<name>.tmp<pid>`` folder beside it).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -28,10 +43,15 @@ from torch import nn
 
 from learners import onnx_export as ox
 from learners import ort_quant as oq
+from pf_agents.cli import on_interrupt
+from pf_deploy.benchmark import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    TEST_DATA_NAME,
+    ManifestError,
+    validate_manifest,
+)
 
-MANIFEST_FORMAT = "pocketflow-gym/deploy-manifest/1"
-MANIFEST_NAME = "manifest.json"
-TEST_DATA_NAME = "test.npz"
 #: int8 may lose at most this much top-1 accuracy (points) against fp32; larger is reported.
 INT8_MAX_DROP_POINTS = 0.3
 #: Quantization settings per deployment target (ORT's advice in ``quantize_static``'s docs).
@@ -39,12 +59,10 @@ INT8_TARGETS: dict[str, dict[str, Any]] = {
     "arm": {"activation_type": "int8", "reduce_range": False},
     "x86": {"activation_type": "uint8", "reduce_range": True},
 }
-#: Keys every model entry of a manifest has.
-MODEL_KEYS = ("name", "file", "precision", "macs", "params", "size_bytes", "test_accuracy", "test_images")
 
 
 class BundleError(ValueError):
-    """A bundle cannot be written or a manifest is malformed; the message says what to do."""
+    """A bundle cannot be written; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -305,58 +323,126 @@ def _versions() -> dict[str, str]:
     return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
 
-def validate_manifest(manifest: Any, folder: str | os.PathLike[str] | None = None) -> None:
-    """Check a manifest against the schema (docs/export.md); with ``folder``, also that every
-    file it names exists there.
+# ----------------------------------------------------------------------------- command line
+@on_interrupt("nothing half-written is left in --out; run the same command again")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="pf-export", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="compressed-model file (NAME.pt with NAME.json beside it) or zoo model name")
+    p.add_argument("--out", required=True, help="output folder (files are replaced atomically)")
+    p.add_argument("--int8", action="store_true", help="also write the static int8 model")
+    p.add_argument("--calib-images", type=int, default=512, help="training images for int8 calibration (512)")
+    p.add_argument("--int8-target", choices=["arm", "x86"], default="arm",
+                   help="int8 settings: arm (int8 activations, 8-bit weights; also x86 with VNNI; default) or "
+                        "x86 (uint8 activations, 7-bit weights, for x86 without VNNI)")
+    p.add_argument("--no-exact-int8", action="store_true",
+                   help="skip scoring int8 with ORT's reference ops (the exact int8 arithmetic; slower)")
+    p.add_argument("--check-samples", type=int, default=None,
+                   help="score the exact-int8 pass and the .ort files on the first N test images only "
+                        "(default: all --test-samples)")
+    p.add_argument("--ort-format", action="store_true", help="also write .ort files for ONNX Runtime Mobile")
+    p.add_argument("--test-samples", type=int, default=None,
+                   help="test images to score every file on (default: the whole test split; 0: none)")
+    p.add_argument("--input-size", type=int, default=None,
+                   help="input height = width of the exported graph (default: the dataset's)")
+    p.add_argument("--imagenet-twin", action="store_true",
+                   help="also export the 224x224 ImageNet-shaped twin (same channel counts, random weights) "
+                        "to OUT/imagenet-twin for latency")
+    p.add_argument("--twin-calib-images", type=int, default=64,
+                   help="training images (upscaled) to calibrate the twin's int8 ranges (64)")
+    p.add_argument("--checkpoint", default=None, help="zoo models: a state-dict file instead of the shipped one")
+    p.add_argument("--data-root", default=None, help="dataset folder (default: $PF_DATA_DIR)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    args = p.parse_args(argv)
+    if args.calib_images < 1 or (args.test_samples is not None and args.test_samples < 0):
+        p.error("--calib-images must be >= 1 and --test-samples >= 0")
 
-    Raises:
-        BundleError: naming the first key that is missing or malformed.
-    """
-    def need(cond: bool, what: str) -> None:
-        if not cond:
-            raise BundleError(f"manifest: {what}; export the folder again (scripts/export.py)")
+    import signal
 
-    need(isinstance(manifest, dict), "not a JSON object")
-    need(manifest.get("format") == MANIFEST_FORMAT, f"format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
-    need(isinstance(manifest.get("models"), list) and manifest["models"], "'models' must be a non-empty list")
-    for m in manifest["models"]:
-        need(isinstance(m, dict) and all(k in m for k in MODEL_KEYS), f"a model entry lacks one of {MODEL_KEYS}")
-        need(m["precision"] in ("fp32", "int8"), f"precision {m['precision']!r} is not fp32 or int8")
-        need(all(isinstance(m[k], int) and m[k] >= 0 for k in ("macs", "params", "size_bytes")),
-             f"{m['name']}: macs, params and size_bytes must be non-negative integers")
-        need(m["test_accuracy"] is None or (isinstance(m["test_accuracy"], float) and 0 <= m["test_accuracy"] <= 1),
-             f"{m['name']}: test_accuracy must be null or a fraction")
-        need(m["test_images"] is None or isinstance(m["test_images"], int),
-             f"{m['name']}: test_images must be an integer or null")
-        need(not Path(m["file"]).is_absolute() and ".." not in Path(m["file"]).parts,
-             f"{m['name']}: file must be a relative path inside the folder")
-        if folder is not None:
-            need((Path(folder) / m["file"]).is_file(), f"{m['file']} is missing")
-    inp = manifest.get("input")
-    need(isinstance(inp, dict) and inp.get("name") and inp.get("dtype") == "float32" and inp.get("layout") == "NCHW",
-         "'input' must name the input, dtype float32, layout NCHW")
-    shape = inp["shape"]
-    need(isinstance(shape, list) and len(shape) == 4 and shape[0] is None and shape[1] == 3
-         and all(isinstance(v, int) and v > 0 for v in shape[2:]), "'input.shape' must be [null, 3, H, W]")
-    pre = manifest.get("preprocess")
-    need(isinstance(pre, dict) and isinstance(pre.get("scale"), float) and len(pre.get("mean", [])) == 3
-         and len(pre.get("std", [])) == 3, "'preprocess' needs scale, mean[3], std[3]")
-    need(isinstance(manifest.get("class_names"), list) and manifest["class_names"], "'class_names' must be a list")
-    td = manifest.get("test_data")
-    need(td is None or isinstance(td, str), "'test_data' must be a file name or null")
-    if folder is not None and td is not None:
-        need((Path(folder) / td).is_file(), f"{td} is missing")
-    need(isinstance(manifest.get("source"), dict), "'source' must be an object")
+    # a kill (SIGTERM) unwinds like Ctrl-C, so the staging folder is removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    torch.set_num_threads(args.threads)
+    from learners.onnx_export import ExportError
+    from learners.ort_quant import QuantizationError
+    from pf_envs.data import DataError
 
-
-def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The validated manifest of a bundle folder."""
-    path = Path(folder) / MANIFEST_NAME
-    if not path.is_file():
-        raise BundleError(f"{path} does not exist; export the folder with scripts/export.py")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc}); export the folder again") from None
-    validate_manifest(manifest, folder)
-    return manifest
+        return _export(args)
+    except (FileNotFoundError, ValueError, TypeError, BundleError, ManifestError, ExportError, QuantizationError,
+            DataError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _export(args: argparse.Namespace) -> int:
+    from pf_deploy.export_source import TWIN_INPUT_SIZE, TWIN_MEAN, TWIN_STD, imagenet_twin, load_export_source
+    from pf_envs.layers import count_macs
+
+    t0 = time.perf_counter()
+    src = load_export_source(args.model, data_root=args.data_root, checkpoint=args.checkpoint)
+    size = args.input_size or src.input_size
+    print(f"{args.model}: {src.kind} {src.arch}, {sum(p.numel() for p in src.model.parameters()):,} parameters, "
+          f"input {size}x{size}")
+    twin = imagenet_twin(src) if args.imagenet_twin else None  # fails before anything is written
+    calib_u8, _ = src.uint8_images("train", args.calib_images, seed=1)
+
+    def batches(images: np.ndarray, mean, std, side: int, batch: int = 64):
+        for i in range(0, len(images), batch):
+            x = normalise(images[i : i + batch], mean, std)
+            if x.shape[-1] != side:
+                x = torch.nn.functional.interpolate(torch.from_numpy(x), size=(side, side), mode="bilinear",
+                                                    align_corners=False).numpy()
+            yield x
+
+    test = None
+    if args.test_samples != 0:
+        images, labels = src.uint8_images("test", args.test_samples)
+        if images.shape[1] != size:
+            print(f"note: test images are {images.shape[1]}x{images.shape[2]}, the graph takes {size}x{size}: "
+                  "accuracy is not measured (--test-samples 0)")
+        else:
+            test = TestSet(images, labels)
+    source = {**src.source, "arch": src.arch}
+    manifest = write_bundle(
+        src.model, args.out, input_size=size, mean=src.mean, std=src.std, class_names=src.class_names,
+        macs=count_macs(src.model, size),
+        calibration=(lambda: batches(calib_u8, src.mean, src.std, size)) if args.int8 else None,
+        test=test, ort_format=args.ort_format, int8_target=args.int8_target, exact_int8=not args.no_exact_int8,
+        check_samples=args.check_samples, source=source,
+        extra={"calibration_images": args.calib_images if args.int8 else None, "twin": None},
+    )
+    _summary(args.out, manifest)
+    if twin is not None:
+        out = Path(args.out) / "imagenet-twin"
+        print(f"imagenet twin: {sum(p.numel() for p in twin.parameters()):,} parameters, "
+              f"input {TWIN_INPUT_SIZE}x{TWIN_INPUT_SIZE}, random weights (latency only)")
+        twin_calib = calib_u8[: args.twin_calib_images]
+        tm = write_bundle(
+            twin, out, input_size=TWIN_INPUT_SIZE, mean=TWIN_MEAN, std=TWIN_STD,
+            class_names=[str(i) for i in range(twin.classifier.out_features)] if hasattr(twin, "classifier")
+            else [str(i) for i in range(1000)],
+            macs=count_macs(twin, TWIN_INPUT_SIZE),
+            calibration=(lambda: batches(twin_calib, TWIN_MEAN, TWIN_STD, TWIN_INPUT_SIZE, 16)) if args.int8 else None,
+            test=None, ort_format=args.ort_format, int8_target=args.int8_target,
+            source={**source, "twin_of": str(args.model), "weights": "random (latency only)"},
+            extra={"calibration_images": len(twin_calib) if args.int8 else None,
+                   "twin": {"of": str(Path(args.out).resolve()), "dataset": "imagenet-shaped",
+                            "accuracy": "not applicable: random weights"}},
+        )
+        _summary(out, tm)
+    print(f"done in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def _summary(out, manifest) -> None:
+    print(f"{out}/manifest.json:")
+    for m in manifest["models"]:
+        acc = "n/a" if m["test_accuracy"] is None else f"{100 * m['test_accuracy']:.2f}% ({m['test_images']})"
+        if "test_accuracy_exact" in m:
+            acc += f", exact int8 arithmetic {100 * m['test_accuracy_exact']:.2f}%"
+        print(f"  {m['name']:<9} {m['file']:<18} {m['size_bytes'] / 1e6:7.2f} MB  {m['macs'] / 1e6:8.1f} MMACs  "
+              f"test {acc}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

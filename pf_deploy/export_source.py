@@ -1,4 +1,4 @@
-"""What ``scripts/export.py`` exports: a compressed-model file or a zoo model, with its data.
+"""Export, part 1: what ``pf-export`` exports, a compressed-model file or a zoo model, with its data.
 
 :func:`load_export_source` turns the command line's input into an :class:`ExportSource`: the
 PyTorch model (eval mode, CPU), the zoo architecture it is built on, the dataset bundle, the
@@ -102,6 +102,7 @@ def load_export_source(
 
     from pf_envs.cache import model_fingerprint
     from pf_envs.compressed import load_compressed, read_record, record_path
+    from pf_envs.registry import check_env_id
 
     text = str(spec)
     path = Path(text)
@@ -111,8 +112,7 @@ def load_export_source(
                              f"or a zoo model name ({zoo.list_models('cifar10')})")
         record = read_record(path)  # clear errors for a missing or damaged record
         kwargs = {**record["env_kwargs"], **({"data_root": str(data_root)} if data_root else {})}
-        if record["env_id"] not in gym.registry:
-            import pf_envs  # noqa: F401  (registers the ids)
+        check_env_id(record["env_id"])
         env = gym.make(record["env_id"], **kwargs)
         try:
             model, record = load_compressed(path, env=env)

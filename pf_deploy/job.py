@@ -1,30 +1,41 @@
-"""The whole job in one command: search -> re-training -> export -> benchmark.
+"""The whole job in one command: search -> re-training -> export -> deploy benchmark.
 
-    python scripts/compress.py --env ChannelPrune-MobileNetV1-v0 --agent ddpg --episodes 300 \\
-        --retrain-epochs 30 --int8 --out out/
+    pf-compress --env ChannelPrune-MobileNetV1-v0 --agent ddpg --episodes 300 --retrain-epochs 30 --int8 --out out/
+    pf-compress --run runs/ChannelPrune-ResNet20-v0__ddpg__seed0 --retrain-epochs 30 --int8 --out out/
+    python -m pf_deploy.job ...          (the same; in a checkout also python scripts/compress.py)
 
 Every stage writes into its own folder under ``--out`` and is skipped when its output is
 already there and was made from the current input (the stage before it); a stage that was
-killed resumes (the search from its run folder, re-training from its state file), so running
-the same command again finishes the job. The stages are the project's own command-line tools,
-each run in a fresh process (``scripts/retrain.py`` under ``torchrun`` with ``--nproc N``):
+killed (Ctrl-C included) resumes (the search from its run folder, re-training from its state
+file), so running the same command again finishes the job. Each stage is the project's own
+command, run as ``python -m MODULE`` in a fresh process (so it works from an installed wheel;
+re-training under ``torchrun`` with ``--nproc N``); its output streams to the terminal
+(progress bars included) and into ``OUT/pipeline.log``:
 
 ========== ===================================== =============================================
-stage      output                                tool
+stage      output                                command
 ========== ===================================== =============================================
-search     ``OUT/search/<run>/best.json``        :func:`pf_agents.search`
-retrain    ``OUT/retrain/retrained.pt`` + .json  ``scripts/retrain.py`` (``--retrain-epochs 0``:
-                                                 the searched candidate, ``scripts/replay.py``)
-export     ``OUT/export/manifest.json``          ``scripts/export.py`` (fp32 ONNX, int8 with
+search     ``OUT/search/<run>/best.json``        ``pf_agents.cli`` (pf-search); ``--run``: given
+retrain    ``OUT/retrain/retrained.pt`` + .json  ``pf_deploy.retrain`` (``--retrain-epochs 0``:
+                                                 the searched candidate, ``pf_deploy.replay``)
+export     ``OUT/export/manifest.json``          ``pf_deploy.export`` (fp32 ONNX, int8 with
                                                  ``--int8``, ORT format with ``--ort-format``)
-dense      ``OUT/export-dense/manifest.json``    ``scripts/export.py`` on the uncompressed model
-benchmark  ``OUT/benchmark.json``                ``benchmarks/deploy.py`` (onnxruntime + numpy)
+dense      ``OUT/export-dense/manifest.json``    ``pf_deploy.export`` on the uncompressed model
+benchmark  ``OUT/benchmark.json``                ``pf_deploy.benchmark`` (onnxruntime + numpy)
 ========== ===================================== =============================================
+
+What it costs on a CPU (measured on a shared 2-core x86 machine): the search, one episode per
+``--episodes`` (seconds each at ``ft_iters=0``, minutes at the env's default ``ft_iters=100``);
+re-training, ~16 minutes per epoch of ResNet-20 on the whole training split (MobileNet-V1
+several times that): ``--retrain-args '--train-images 5000'`` makes an epoch ~9x shorter;
+export, about a minute per model on 10,000 test images (``--export-args '--test-samples 2000'``);
+the benchmark, ``--bench-runs`` batch-1 runs per model and thread count (seconds).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import shlex
@@ -36,12 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pf_agents.cli import parse_kwargs
+from pf_agents.cli import EXIT_INTERRUPTED, parse_kwargs
 from pf_agents.registry import AGENTS
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = REPO / "scripts"
-BENCHMARKS = REPO / "benchmarks"
+#: The folder that holds the project's packages (a checkout or site-packages): put on the
+#: stages' PYTHONPATH, so that ``python -m`` finds the same code as this process.
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+RESUME_HINT = "run the same command again to resume: finished stages are skipped, this one resumes"
 
 
 @dataclass
@@ -55,24 +67,62 @@ class Stage:
 
 
 class StageError(RuntimeError):
-    """A stage's tool failed; the message names the stage, the command and how to resume."""
+    """A stage's command failed; the message names the stage, the command and how to resume."""
+
+
+class JobInterrupted(Exception):
+    """Ctrl-C: the running stage was told too (same process group) and has ended."""
+
+
+def stage_command(module: str, *args: str) -> list[str]:
+    """``python -m MODULE ARGS`` with this interpreter."""
+    return [sys.executable, "-m", module, *args]
 
 
 def _run(name: str, cmd: list[str], log: Path) -> None:
+    """Run one stage: its output (stdout and stderr, progress bars included) is streamed to
+    this terminal as it comes and appended to ``log``.
+
+    Raises:
+        StageError: the stage exited with a failure (the message holds its last lines).
+        JobInterrupted: Ctrl-C (the stage's own last words go to the log only).
+    """
     print(f"[{name}] {shlex.join(cmd)}", flush=True)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
-    with open(log, "a") as fh:
-        fh.write(f"\n$ {shlex.join(cmd)}\n")
+    path = os.pathsep.join(filter(None, [str(PACKAGE_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": path, "PYTHONUNBUFFERED": "1"}
+    tail: collections.deque[bytes] = collections.deque(maxlen=64)
+    term = getattr(sys.stdout, "buffer", None)
+    with open(log, "ab") as fh:
+        fh.write(f"\n[{name}] $ {shlex.join(cmd)}\n".encode())
         fh.flush()
-        proc = subprocess.run(cmd, env=env, stdout=None, stderr=subprocess.PIPE, text=True)
-        fh.write(proc.stderr or "")
-    if proc.returncode != 0:
-        tail = "\n".join((proc.stderr or "").strip().splitlines()[-15:])
-        raise StageError(
-            f"stage {name} failed (exit {proc.returncode}); its log is {log}.\n{tail}\n"
-            "Fix the cause and run the same command again: finished stages are skipped, this one resumes."
-        )
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert proc.stdout is not None
+        try:
+            while chunk := proc.stdout.read1(1 << 16):
+                fh.write(chunk)
+                tail.append(chunk)
+                if term is not None:
+                    term.write(chunk)
+                    term.flush()
+                else:  # a captured sys.stdout (tests): text only
+                    sys.stdout.write(chunk.decode(errors="replace"))
+            returncode = proc.wait()
+        except KeyboardInterrupt:
+            try:  # the stage got the same SIGINT: let it finish its last lines (into the log only)
+                fh.write(proc.stdout.read())
+                proc.wait(timeout=60)
+            except (KeyboardInterrupt, subprocess.TimeoutExpired):
+                proc.kill()
+                proc.wait()
+            raise JobInterrupted(name) from None
+    if returncode == EXIT_INTERRUPTED:
+        raise JobInterrupted(name)
+    if returncode != 0:
+        text = b"".join(tail).decode(errors="replace").replace("\r", "\n")
+        last = "\n".join([line for line in text.strip().splitlines() if line.strip()][-15:])
+        raise StageError(f"stage {name} failed (exit {returncode}); its log is {log}.\n{last}\n"
+                         f"Fix the cause and {RESUME_HINT}.")
 
 
 def _json(path: Path) -> dict[str, Any] | None:
@@ -82,26 +132,40 @@ def _json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def _kwargs_text(text: str) -> str:
+    parse_kwargs(text)  # refused here (exit 2) rather than in the search stage
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="compress.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    p.add_argument("--env", required=True, help="env id, e.g. ChannelPrune-MobileNetV1-v0")
-    p.add_argument("--agent", default="ddpg", choices=sorted(AGENTS))
-    p.add_argument("--episodes", type=int, default=300)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--env-kwargs", type=parse_kwargs, default={}, help="search env kwargs k=v,k=v")
-    p.add_argument("--agent-kwargs", type=parse_kwargs, default={}, help="agent settings k=v,k=v")
-    p.add_argument("--retrain-epochs", type=int, default=30,
-                   help="epochs of re-training on the whole training split (0: export the searched candidate)")
-    p.add_argument("--retrain-args", default="", help="more scripts/retrain.py flags, e.g. '--distill --lr 0.05'")
-    p.add_argument("--nproc", type=int, default=1, help="re-training processes (torchrun, DDP)")
-    p.add_argument("--int8", action="store_true", help="also export an int8 ONNX Runtime model")
-    p.add_argument("--ort-format", action="store_true", help="also write the .ort files for ONNX Runtime Mobile")
-    p.add_argument("--export-args", default="", help="more scripts/export.py flags")
-    p.add_argument("--no-dense", action="store_true", help="do not export and time the uncompressed model")
-    p.add_argument("--bench-runs", type=int, default=200, help="timed runs per model in the benchmark")
-    p.add_argument("--bench-args", default="", help="more benchmarks/deploy.py flags, e.g. '--limit 2000'")
+    p = argparse.ArgumentParser(prog="pf-compress", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    se = p.add_argument_group("the search (or --run: a search already done)")
+    se.add_argument("--env", default=None, help="env id, e.g. ChannelPrune-MobileNetV1-v0")
+    se.add_argument("--run", default=None,
+                    help="start from this search run folder (its best episode) instead of searching")
+    se.add_argument("--agent", default="ddpg", choices=sorted(AGENTS))
+    se.add_argument("--episodes", type=int, default=300,
+                    help="scored episodes (each costs one env episode: seconds at ft_iters=0)")
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--env-kwargs", type=_kwargs_text, default="", help="search env kwargs k=v,k=v")
+    se.add_argument("--agent-kwargs", type=_kwargs_text, default="", help="agent settings k=v,k=v")
+    rt = p.add_argument_group("re-training")
+    rt.add_argument("--retrain-epochs", type=int, default=30,
+                    help="epochs of re-training (0: export the searched candidate as it is); one epoch of "
+                         "ResNet-20 on all 45,000 training images is ~16 min on a CPU core")
+    rt.add_argument("--retrain-args", default="",
+                    help="more pf-retrain flags; the short settings: '--train-images 5000 --val-images 1000 "
+                         "--test-images 2000' (an epoch ~9x shorter), or '--distill --lr 0.05'")
+    rt.add_argument("--nproc", type=int, default=1, help="re-training processes (torchrun, DDP)")
+    ex = p.add_argument_group("export and benchmark")
+    ex.add_argument("--int8", action="store_true", help="also export an int8 ONNX Runtime model")
+    ex.add_argument("--ort-format", action="store_true", help="also write the .ort files for ONNX Runtime Mobile")
+    ex.add_argument("--export-args", default="",
+                    help="more pf-export flags; short: '--test-samples 2000 --no-exact-int8' (~5x less scoring)")
+    ex.add_argument("--no-dense", action="store_true", help="do not export and time the uncompressed model")
+    ex.add_argument("--bench-runs", type=int, default=200, help="timed batch-1 runs per model and thread count")
+    ex.add_argument("--bench-args", default="", help="more pf-deploy-benchmark flags, e.g. '--limit 2000'")
     p.add_argument("--out", required=True, help="output folder (one per job: stages are skipped by what is there)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per process")
     return p
@@ -111,6 +175,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         stages = run_pipeline(args)
+    except JobInterrupted as exc:
+        print(f"\ninterrupted in stage {exc}: {RESUME_HINT}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {RESUME_HINT}", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -132,51 +202,65 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
     """Run (or skip) every stage of the job described by ``args`` (see :func:`build_parser`)."""
     import gymnasium as gym
 
-    import pf_envs  # noqa: F401  (registers the ids)
-    from pf_agents.search import search
+    from pf_envs.policy_replay import episode_policy
+    from pf_envs.registry import check_env_id
 
-    if args.env not in gym.registry:
-        raise ValueError(f"unknown env {args.env!r}; pocketflow-gym registers {sorted(pf_envs.ENV_IDS)}")
+    if (args.env is None) == (args.run is None):
+        raise ValueError("pass --env ID (search first) or --run RUN_FOLDER (a search already done), not both")
     if args.retrain_epochs < 0 or args.episodes < 1 or args.nproc < 1:
         raise ValueError("--episodes and --nproc must be >= 1 and --retrain-epochs >= 0")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    log = out / "pipeline.log"
-    py = sys.executable
     threads = ["--threads", str(args.threads)] if args.threads else []
     stages: list[Stage] = []
 
     # 1. search --------------------------------------------------------------------------------
     t0 = time.time()
-    run_name = f"{args.env}__{args.agent}__seed{args.seed}"
-    run_dir = out / "search" / run_name
-    done = _search_done(run_dir, args.episodes)
-    if not done:
-        search(args.env, agent=args.agent, episodes=args.episodes, seed=args.seed, logdir=out / "search",
-               run_name=run_name, resume=(run_dir / "config.json").is_file(), env_kwargs=dict(args.env_kwargs),
-               agent_kwargs=dict(args.agent_kwargs), progress=True)
-    stages.append(Stage("search", run_dir / "best.json", not done, time.time() - t0))
-    best = _json(run_dir / "best.json") or {}
+    if args.run is not None:
+        from pf_agents.records import run_episode
+
+        run_dir = Path(args.run)
+        run, best = run_episode(run_dir)  # refuses a folder without a scored episode
+        env_id = run.config["env_id"]
+        check_env_id(env_id)
+        out.mkdir(parents=True, exist_ok=True)
+        log = out / "pipeline.log"
+        stages.append(Stage("search", run_dir / "best.json", False, 0.0))
+    else:
+        env_id = args.env
+        check_env_id(env_id)
+        out.mkdir(parents=True, exist_ok=True)
+        log = out / "pipeline.log"
+        run_name = f"{env_id}__{args.agent}__seed{args.seed}"
+        run_dir = out / "search" / run_name
+        done = _search_done(run_dir, args.episodes)
+        if not done:
+            cmd = stage_command("pf_agents.cli", "--env", env_id, "--agent", args.agent, "--episodes",
+                                str(args.episodes), "--seed", str(args.seed), "--logdir", str(out / "search"),
+                                "--run-name", run_name, *threads)
+            cmd += ["--env-kwargs", args.env_kwargs] if args.env_kwargs else []
+            cmd += ["--agent-kwargs", args.agent_kwargs] if args.agent_kwargs else []
+            cmd += ["--resume"] if (run_dir / "config.json").is_file() else []
+            _run("search", cmd, log)
+        stages.append(Stage("search", run_dir / "best.json", not done, time.time() - t0))
+        best = _json(run_dir / "best.json") or {}
 
     # 2. re-training (or the searched candidate as it is) ------------------------------------------
     t0 = time.time()
     stem = "retrained" if args.retrain_epochs else "searched"
     model_pt = out / "retrain" / f"{stem}.pt"
     record = _json(model_pt.with_suffix(".json"))
-    from pf_envs.policy_replay import record_policy
-
     fresh = (record is not None and model_pt.is_file() and bool(best)
-             and record.get("policy") == record_policy(best))
+             and record.get("policy") == episode_policy(best))
     if not fresh:
         if args.retrain_epochs:
-            cmd = [py, str(SCRIPTS / "retrain.py")]
+            cmd = stage_command("pf_deploy.retrain")
             if args.nproc > 1:
-                cmd = [py, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
-                       str(SCRIPTS / "retrain.py")]
+                cmd = stage_command("torch.distributed.run", "--standalone", f"--nproc_per_node={args.nproc}",
+                                    "-m", "pf_deploy.retrain")
             cmd += ["--run-dir", str(run_dir), "--epochs", str(args.retrain_epochs), "--out", str(out / "retrain"),
                     "--name", stem, *threads, *shlex.split(args.retrain_args)]
         else:
-            cmd = [py, str(SCRIPTS / "replay.py"), str(run_dir), "--save", str(model_pt)]
+            cmd = stage_command("pf_deploy.replay", str(run_dir), "--save", str(model_pt))
         _run("retrain", cmd, log)
     stages.append(Stage("retrain", model_pt, not fresh, time.time() - t0))
     record = _json(model_pt.with_suffix(".json")) or {}
@@ -184,7 +268,7 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
     # 3. export (compressed, then dense) --------------------------------------------------------
     exports = [("export", out / "export", str(model_pt), record.get("state_sha1"))]
     if not args.no_dense:
-        model_name = (record.get("env_kwargs") or {}).get("model") or gym.spec(args.env).kwargs.get("model")
+        model_name = (record.get("env_kwargs") or {}).get("model") or gym.spec(env_id).kwargs.get("model")
         if isinstance(model_name, str):
             exports.append(("dense", out / "export-dense", model_name, None))
     for name, folder, source, sha in exports:
@@ -192,7 +276,7 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
         manifest = _json(folder / "manifest.json")
         fresh = manifest is not None and (sha is None or (manifest.get("source") or {}).get("state_sha1") == sha)
         if not fresh:
-            cmd = [py, str(SCRIPTS / "export.py"), source, "--out", str(folder), *threads]
+            cmd = stage_command("pf_deploy.export", source, "--out", str(folder), *threads)
             cmd += ["--int8"] if args.int8 else []
             cmd += ["--ort-format"] if args.ort_format else []
             cmd += shlex.split(args.export_args)
@@ -205,8 +289,8 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
     manifests = [s.output for s in stages if s.name in ("export", "dense")]
     fresh = bench.is_file() and all(bench.stat().st_mtime >= m.stat().st_mtime for m in manifests)
     if not fresh:
-        cmd = [py, str(BENCHMARKS / "deploy.py"), *map(str, manifests), "--runs", str(args.bench_runs),
-               "--out", str(bench), *shlex.split(args.bench_args)]
+        cmd = stage_command("pf_deploy.benchmark", *map(str, manifests), "--runs", str(args.bench_runs),
+                            "--out", str(bench), *shlex.split(args.bench_args))
         _run("benchmark", cmd, log)
     stages.append(Stage("benchmark", bench, not fresh, time.time() - t0))
     return stages
@@ -220,3 +304,7 @@ def _search_done(run_dir: Path, episodes: int) -> bool:
         return False
     run = read_run(run_dir)
     return run.best is not None and len(run.episodes) >= episodes
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

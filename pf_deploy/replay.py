@@ -1,34 +1,70 @@
-"""Replay a recorded policy and keep its compressed model:
-``python scripts/replay.py runs/ChannelPrune-ResNet20-v0__ddpg__seed0 [--episode N] [--split test] [--save m.pt]``.
+"""Stage 1 after the search: replay a recorded policy and keep its compressed model.
+
+    pf-replay runs/ChannelPrune-ResNet20-v0__ddpg__seed0 [--episode N] [--split test] [--save m.pt]
+    python -m pf_deploy.replay ...                    (the same; scripts/replay.py too)
 
 Rebuilds the candidate of a search's best episode (or episode ``--episode``) on the env and
-kwargs its ``config.json`` records (``pf_envs.replay_run``), prints its reward, accuracy and
+kwargs its ``config.json`` records (:func:`replay_run`), prints its reward, accuracy and
 cost ratio, and with ``--save`` writes the compressed model's state dict (fp32 tensors, loadable
 with ``torch.load(..., weights_only=True)``) and its JSON record beside it (the policy, env and
-kwargs): ``pf_envs.load_compressed(path)`` rebuilds the model from the two.
+kwargs): ``pf_envs.load_compressed(path)`` rebuilds the model from the two. Cost: one episode
+of the env (seconds at ``ft_iters=0``; the env's set-up first, cached on disk after the first).
+
+>>> from pf_deploy import replay_run
+>>> out = replay_run("runs/ChannelPrune-ResNet20-v0__ddpg__seed0")          # doctest: +SKIP
+>>> out.model, out.reward, out.info["flops_ratio"]                          # doctest: +SKIP
 """
+
+from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-from pathlib import Path
+from collections.abc import Mapping
+from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pf_agents.cli import on_interrupt
+from pf_envs.policy_replay import Replayed, replay
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def replay_run(
+    run_dir: str | os.PathLike[str],
+    episode: int | None = None,
+    *,
+    env_kwargs: Mapping[str, Any] | None = None,
+) -> Replayed:
+    """Replay the best episode of a run folder (or episode ``episode``) on the env and kwargs
+    recorded in its ``config.json``; ``env_kwargs`` overrides some of them (e.g.
+    ``reward_split="test"`` to score the same candidate on the test split).
+
+    Raises:
+        FileNotFoundError: not a run folder, or nothing scored yet.
+        ValueError: no such episode, or the policy does not fit the env.
+    """
+    from pf_agents.records import run_episode  # the run folder's one reader (same damage rules)
+
+    run, record = run_episode(run_dir, episode)
+    kwargs = {**run.config.get("env_kwargs", {}), **dict(env_kwargs or {})}
+    return replay(run.config["env_id"], kwargs, record)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pf-replay", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", help="a search run folder (holds config.json, episodes.jsonl, best.json)")
     p.add_argument("--episode", type=int, default=None, help="episode index (default: the best one)")
     p.add_argument("--split", choices=["val", "test"], default=None,
                    help="score the same candidate on this split (default: the run's reward split)")
     p.add_argument("--samples", type=int, default=None, help="images of that split (default: the run's)")
     p.add_argument("--save", default=None, help="write the compressed model's state dict here (.pt)")
-    args = p.parse_args(argv)
+    return p
 
-    import pf_envs
 
-    overrides = {}
+@on_interrupt("nothing was written; run the same command again")
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
     if args.split:
         overrides["reward_split"] = args.split
         if args.split == "test" and args.samples is None:
@@ -36,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples is not None:
         overrides["reward_samples"] = args.samples
     try:
-        out = pf_envs.replay_run(args.run_dir, args.episode, env_kwargs=overrides)
+        out = replay_run(args.run_dir, args.episode, env_kwargs=overrides)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

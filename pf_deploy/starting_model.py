@@ -1,11 +1,11 @@
-"""From a searched policy to a re-trained compressed model: where the policy comes from, the
-starting model it builds (replay, optionally PocketFlow's group fine-tuning), and the
-identity that ties a re-training state file to one run.
+"""Re-training, part 1: where the policy comes from, the starting model it builds (replay,
+optionally PocketFlow's group fine-tuning), the teacher, and the identity that ties a
+re-training state file to one run.
 
 The training loop itself is :func:`learners.retraining.retrain` (plain PyTorch);
-``scripts/retrain.py`` is the command line.
+:mod:`pf_deploy.retrain` is the command line (``pf-retrain``).
 
->>> from pf_envs.retraining import resolve_source, starting_model         # doctest: +SKIP
+>>> from pf_deploy.starting_model import resolve_source, starting_model    # doctest: +SKIP
 >>> src = resolve_source(run="runs/ChannelPrune-ResNet20-v0__ddpg__seed0")  # doctest: +SKIP
 >>> env = src.make_env()                                                    # doctest: +SKIP
 >>> model = starting_model(src, env)                                        # doctest: +SKIP
@@ -54,11 +54,10 @@ class PolicySource:
         """The env (``gym.make``), its base model checked against the record's fingerprint."""
         import gymnasium as gym
 
-        import pf_envs
         from pf_envs.model_env import ModelCompressionEnv
+        from pf_envs.registry import check_env_id
 
-        if self.env_id not in gym.registry:
-            raise ValueError(f"unknown env {self.env_id!r}; pocketflow-gym registers {sorted(pf_envs.ENV_IDS)}")
+        check_env_id(self.env_id)
         env = gym.make(self.env_id, **self.env_kwargs)
         base = env.unwrapped
         if not isinstance(base, ModelCompressionEnv):
@@ -152,25 +151,12 @@ def resolve_source(
         values = _check_policy(list(policy), "--policy")
         return PolicySource(env_id, overrides, values, origin={"policy": values}, record_kwargs=dict(overrides))
     if run is not None:
-        from pf_agents.records import read_run
+        from pf_agents.records import run_episode
 
-        run_dir = Path(run)
-        if not (run_dir / "config.json").is_file():
-            raise FileNotFoundError(f"{run_dir / 'config.json'} does not exist: {run_dir} is not a search run folder "
-                                    "(pass the folder scripts/search.py wrote, e.g. runs/<env>__<agent>__seed0)")
-        found = read_run(run_dir)
-        if episode is None:
-            if found.best is None:
-                raise FileNotFoundError(f"{run_dir} has no scored episode yet: let the search run, or pass --record")
-            rec = found.best
-        elif 0 <= episode < len(found.episodes):
-            rec = found.episodes[episode]
-        else:
-            raise ValueError(f"{run_dir}/episodes.jsonl has no episode {episode} (it holds {len(found.episodes)})")
+        found, rec = run_episode(run, episode)
         cfg = found.config
         return _from_episode(rec, cfg.get("env_id"), cfg.get("env_kwargs", {}), overrides, env_id,
-                             cfg.get("base_model"), {"run_dir": str(run_dir), "episode": rec.get("episode")},
-                             str(run_dir))
+                             cfg.get("base_model"), {"run_dir": str(run), "episode": rec.get("episode")}, str(run))
     path = Path(record)
     from pf_envs.compressed import FORMAT, read_record
 
@@ -220,9 +206,9 @@ def _from_episode(rec: Mapping[str, Any], rec_env: str | None, rec_kwargs: Mappi
                   origin: dict[str, Any], where: str) -> PolicySource:
     if "applied" not in rec:
         raise ValueError(f"{where}: the episode record has no 'applied' values; the record is damaged")
-    from pf_envs.policy_replay import record_policy
+    from pf_envs.policy_replay import episode_policy
 
-    values = _check_policy(record_policy(rec), where)  # unit order (random_order records differ)
+    values = _check_policy(episode_policy(rec), where)  # unit order (random_order records differ)
     env = env_id or rec_env
     if not env:
         raise ValueError(f"{where}: no config.json beside the record names its env: pass --env ID and --env-kwargs "

@@ -4,15 +4,31 @@
 >>> sorted(pf_envs.ENV_IDS)[:2]
 ['ChannelPrune-MobileNetV1-v0', 'ChannelPrune-MobileNetV2-v0']
 >>> env = gym.make("ChannelPrune-ResNet20-v0", flops_budget=0.5)  # doctest: +SKIP
->>> pf_envs.replay_run("runs/ChannelPrune-ResNet20-v0__ddpg__seed0").model  # doctest: +SKIP
+>>> pf_envs.replay("ChannelPrune-ResNet20-v0", {"ft_iters": 0}, [0.5] * 10).model  # doctest: +SKIP
+
+Replaying a search's run folder (``replay_run``), re-training, export and the deploy
+benchmark are the stages after the search: :mod:`pf_deploy`.
 """
 
 from pf_envs.compressed import load_compressed, save_compressed
-from pf_envs.policy_replay import Replayed, replay, replay_run
-from pf_envs.registry import ENV_IDS, METHODS, env_ids, register_all
+from pf_envs.policy_replay import Replayed, episode_policy, replay
+from pf_envs.registry import ENV_IDS, METHODS, check_env_id, env_ids, register_all
 
 register_all()
 
-__all__ = ["ENV_IDS", "METHODS", "Replayed", "env_ids", "load_compressed", "register_all", "replay", "replay_run",
-           "save_compressed"]
+__all__ = ["ENV_IDS", "METHODS", "Replayed", "check_env_id", "env_ids", "episode_policy", "load_compressed",
+           "register_all", "replay", "save_compressed"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # moved to pf_deploy (it reads a search's run folder, which pf_envs does not know); kept
+    # reachable here for code written before, without importing pf_deploy with pf_envs
+    if name == "replay_run":
+        import warnings
+
+        warnings.warn("pf_envs.replay_run moved to pf_deploy.replay_run", DeprecationWarning, stacklevel=2)
+        from pf_deploy.replay import replay_run
+
+        return replay_run
+    raise AttributeError(f"module 'pf_envs' has no attribute {name!r}")

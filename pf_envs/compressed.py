@@ -10,7 +10,7 @@ A compressed model is saved as two files side by side:
 
 Loading replays the policy on the recorded env as a dry run (no recovery, no scoring), builds
 the architecture the policy gives, and loads the state dict into it. This is the one format
-``scripts/replay.py --save``, ``scripts/retrain.py`` and ``scripts/export.py`` share.
+``pf-replay --save``, ``pf-retrain`` and ``pf-export`` share.
 
 >>> from pf_envs.compressed import load_compressed                         # doctest: +SKIP
 >>> model, record = load_compressed("out/retrained.pt")                    # doctest: +SKIP
@@ -93,7 +93,7 @@ def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not rec.is_file():
         raise FileNotFoundError(
             f"{rec} does not exist: a compressed model is a .pt state dict with its .json record beside it "
-            "(written by scripts/replay.py --save, scripts/retrain.py or pf_envs.compressed.save_compressed)"
+            "(written by pf-replay --save, pf-retrain or pf_envs.compressed.save_compressed)"
         )
     try:
         record = json.loads(rec.read_text())
@@ -123,16 +123,14 @@ def build_architecture(
     """
     import gymnasium as gym
 
-    import pf_envs  # noqa: F401  (registers the ids)
     from pf_envs.model_env import ModelCompressionEnv
+    from pf_envs.registry import check_env_id
 
     kwargs = {**record["env_kwargs"], **dict(env_kwargs or {})}
     if model is not None:
         kwargs["model"] = model
     if env is None:
-        if record["env_id"] not in gym.registry:
-            raise ValueError(f"the record names env {record['env_id']!r}, which is not registered; "
-                             f"known: {sorted(pf_envs.ENV_IDS)}")
+        check_env_id(record["env_id"])
         env = gym.make(record["env_id"], **kwargs)
     base = env.unwrapped
     if not isinstance(base, ModelCompressionEnv):
@@ -175,7 +173,7 @@ def load_compressed(
     try:
         state = load_tensor_file(path)
     except TensorFileError as exc:
-        raise ValueError(f"{exc}; write it again from its source (scripts/replay.py --save or scripts/retrain.py)") from None
+        raise ValueError(f"{exc}; write it again from its source (pf-replay --save or pf-retrain)") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a state dict (a mapping of names to tensors)")
     if record.get("state_sha1") and state_sha1(state) != record["state_sha1"]:

@@ -63,15 +63,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
 
 
-def check_kwargs(env_name: str, unknown: dict[str, Any], valid: Sequence[str]) -> None:
-    """Reject unknown keyword arguments with the list of valid ones."""
-    if unknown:
-        raise TypeError(
-            f"{env_name} got unknown keyword argument(s) {sorted(unknown)}; valid ones are "
-            f"{sorted(valid)} (see help(pf_envs.envs) or the README)"
-        )
-
-
 class VisitCost:
     """A :class:`~pf_envs.budget.Cost` that takes values in visit order (``order[i]`` is the unit
     visited at step ``i``) and prices them in unit order: the clamp and the dynamic features

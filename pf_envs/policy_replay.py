@@ -4,20 +4,19 @@ A search records every episode's applied values (``episodes.jsonl``, ``best.json
 one plays exactly those values through a fresh env (the same clamp, rounding and recovery),
 so the candidate it builds is the recorded one: at ``ft_iters=0`` its accuracy is the recorded
 reward, and with fine-tuning it is too when the episode's reset seed is passed (it decides the
-fine-tuning batches). Re-training, export and the results tables start from here.
+fine-tuning batches). Re-training, export and the results tables start from here; replaying
+a search's run folder is :func:`pf_deploy.replay.replay_run` (the run folder is the agents'
+format, above the environments).
 
 >>> import pf_envs
 >>> out = pf_envs.replay("ChannelPrune-ResNet20-v0", {"ft_iters": 0}, [0.5] * 10)   # doctest: +SKIP
->>> out = pf_envs.replay_run("runs/ChannelPrune-ResNet20-v0__ddpg__seed0")          # doctest: +SKIP
 >>> out.model, out.reward, out.info["flops_ratio"]                                  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -47,7 +46,7 @@ class Replayed:
     model_fingerprint: str | None = None
 
 
-def record_policy(record: Mapping[str, Any]) -> list[float]:
+def episode_policy(record: Mapping[str, Any]) -> list[float]:
     """The policy of an episode record (an ``episodes.jsonl`` line or ``best.json``) in unit
     order, what :meth:`pf_envs.core.CompressionEnv.play_policy` takes: the final info's
     ``policy``. ``applied`` is in step order, the same unless the env visits its units in a
@@ -68,7 +67,7 @@ def record_policy(record: Mapping[str, Any]) -> list[float]:
 
 def _policy_of(record: Sequence[float] | Mapping[str, Any]) -> tuple[list[float], int | None, float | None]:
     if isinstance(record, Mapping):
-        values = record_policy(record)
+        values = episode_policy(record)
         seed, reward = record.get("seed"), record.get("reward")
         return values, (None if seed is None else int(seed)), (None if reward is None else float(reward))
     return [float(v) for v in record], None, None
@@ -93,15 +92,14 @@ def replay(
     Raises:
         ValueError: the policy does not fit the env (another model or other settings).
     """
-    import pf_envs  # noqa: F401  (registers the ids)
     from pf_envs.core import CompressionEnv
     from pf_envs.model_env import ModelCompressionEnv
+    from pf_envs.registry import check_env_id
 
     policy, rec_seed, rec_reward = _policy_of(record)
     own = env is None
     if env is None:
-        if env_id not in gym.registry:
-            raise ValueError(f"unknown env {env_id!r}; pocketflow-gym registers {sorted(pf_envs.ENV_IDS)}")
+        check_env_id(env_id)
         env = gym.make(env_id, **dict(env_kwargs or {}))
     try:
         base = env.unwrapped
@@ -114,31 +112,3 @@ def replay(
         if own:
             env.close()
     return Replayed(env_id, dict(env_kwargs or {}), policy, reward, info, model, rec_reward, fingerprint)
-
-
-def replay_run(
-    run_dir: str | os.PathLike[str],
-    episode: int | None = None,
-    *,
-    env_kwargs: Mapping[str, Any] | None = None,
-) -> Replayed:
-    """Replay the best episode of a run folder (or episode ``episode``) on the env and kwargs
-    recorded in its ``config.json``; ``env_kwargs`` overrides some of them (e.g.
-    ``reward_split="test"`` to score the same candidate on the test split)."""
-    from pf_agents.records import read_run  # the run folder's one reader (same damage rules)
-
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{run_dir / 'config.json'} does not exist: {run_dir} is not a search run folder")
-    run = read_run(run_dir)
-    config = run.config
-    if episode is None:
-        if run.best is None:
-            raise FileNotFoundError(f"{run_dir} has no scored episode yet")
-        record = run.best
-    elif 0 <= int(episode) < len(run.episodes):
-        record = run.episodes[int(episode)]
-    else:
-        raise ValueError(f"{run_dir / 'episodes.jsonl'} has no episode {episode} (it holds {len(run.episodes)})")
-    kwargs = {**config.get("env_kwargs", {}), **dict(env_kwargs or {})}
-    return replay(config["env_id"], kwargs, record)

@@ -51,6 +51,18 @@ def register_all() -> None:
                          disable_env_checker=False)
 
 
+def check_env_id(env_id: str) -> None:
+    """Refuse an id Gymnasium does not know (registering pocketflow-gym's first).
+
+    Raises:
+        ValueError: naming the id and the ids pocketflow-gym registers.
+    """
+    if env_id not in gym.registry:
+        register_all()
+    if env_id not in gym.registry:
+        raise ValueError(f"unknown env {env_id!r}; pocketflow-gym registers {sorted(ENV_IDS)}")
+
+
 def env_ids(method: str | None = None) -> list[str]:
     """Registered ids, optionally of one method."""
     return sorted(i for i in ENV_IDS if method is None or i.startswith(f"{method}-"))

@@ -75,10 +75,6 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
-def _is_number(value: Any) -> bool:
-    return (_is_int(value) or isinstance(value, (float, np.floating))) and math.isfinite(float(value))
-
-
 def check_value(env_name: str, name: str, setting: Setting, value: Any) -> None:
     """Raise ``ValueError`` (``TypeError`` for a wrong type) if ``value`` does not fit."""
     if value is None and setting.optional:

@@ -1,7 +1,4 @@
-"""Search a compression policy: ``python scripts/search.py --env ChannelPrune-MobileNetV1-v0 --agent ddpg``.
-
-Thin entry point; see ``pf_agents/cli.py`` (``--help``) for the options.
-"""
+"""``pf-search`` in a checkout; the command is ``pf_agents.cli:main`` (``--help``)."""
 
 import sys
 from pathlib import Path

@@ -1,9 +1,11 @@
-"""benchmarks/deploy.py runs where torch cannot be imported, on real exported models.
+"""The deploy benchmark (pf_deploy.benchmark, run as benchmarks/deploy.py) where torch cannot be
+imported, on real exported models.
 
 The fixture exports the shipped ResNet-20 (fp32 ONNX + ORT static int8 QDQ, a 64-image
-test.npz) with benchmarks/make_deploy_models.py; every run of deploy.py is a subprocess
-whose meta-path blocker makes ``import torch`` (and the project's torch-importing packages)
-raise ImportError, as on a board where only ``pip install onnxruntime numpy`` was done.
+test.npz) with the exporter (pf_deploy.export.write_bundle); every run of deploy.py is a
+subprocess whose meta-path blocker makes ``import torch`` (and the project's torch-importing
+modules: everything but pf_deploy.benchmark and learners.host) raise ImportError, as on a
+board where only ``pip install onnxruntime numpy`` was done.
 """
 
 from __future__ import annotations
@@ -21,19 +23,20 @@ import pytest
 import torch
 from conftest import REPO
 
-sys.path.insert(0, str(REPO / "benchmarks"))
-import deploy  # noqa: E402  (imports no torch: safe in-process)
+import pf_deploy.benchmark as deploy  # imports no torch: safe in-process
 
 DEPLOY = REPO / "benchmarks" / "deploy.py"
 ARM_RUN = REPO / "benchmarks" / "arm" / "run.sh"
-BLOCKED = ("torch", "torchvision", "pf_envs", "learners", "pf_agents", "baselines")
+BLOCKED = ("torch", "torchvision", "pf_envs", "learners", "pf_agents", "baselines", "pf_deploy")
+#: what the benchmark may import of the project (standard library only)
+ALLOWED = ("pf_deploy", "pf_deploy.benchmark", "learners", "learners.host")
 
 BLOCKER = textwrap.dedent(f"""
     import sys
 
     class _NoTorch:
         def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {BLOCKED!r}:
+            if name.split(".")[0] in {BLOCKED!r} and name not in {ALLOWED!r}:
                 raise ImportError(f"{{name}} is blocked: deploy.py must run with onnxruntime and numpy only")
             return None
 
@@ -53,17 +56,27 @@ def no_torch_env(tmp_path_factory) -> dict[str, str]:
     return env
 
 
+def _nhwc(split, n: int) -> tuple[np.ndarray, np.ndarray]:
+    idx = torch.from_numpy(deploy.evenly_spaced(len(split), n))
+    return split.images[idx].permute(0, 2, 3, 1).contiguous().numpy(), split.labels[idx].numpy()
+
+
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory, cifar) -> Path:
-    from make_deploy_models import export, split_nhwc
-
+    from pf_deploy.export import TestSet, normalise, write_bundle
     from pf_envs import zoo
+    from pf_envs.data import CIFAR10_CLASSES, CIFAR10_MEAN, CIFAR10_STD
+    from pf_envs.layers import count_macs
 
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("export") / "resnet20"
-    calib, _ = split_nhwc(cifar.split("train"), 32)
-    test, labels = split_nhwc(cifar.split("test"), 64)
-    export(zoo.load("resnet20"), out, calib, test, labels, "resnet20")
+    calib, _ = _nhwc(cifar.split("train"), 32)
+    test, labels = _nhwc(cifar.split("test"), 64)
+    model = zoo.load("resnet20")
+    write_bundle(model, out, input_size=32, mean=CIFAR10_MEAN, std=CIFAR10_STD, class_names=CIFAR10_CLASSES,
+                 macs=count_macs(model, 32), calibration=lambda: [normalise(calib, CIFAR10_MEAN, CIFAR10_STD)],
+                 test=TestSet(test, labels.astype(np.int64)), exact_int8=False,
+                 source={"kind": "zoo", "zoo_model": "resnet20"}, log=lambda _m: None)
     return out
 
 
@@ -129,13 +142,13 @@ def test_profile_splits_kernel_time_by_operator(no_torch_env, export_dir, tmp_pa
 
 def test_bare_files_with_image_folder(no_torch_env, export_dir, cifar_root, tmp_path):
     out = tmp_path / "r.json"
-    run_deploy(no_torch_env, export_dir / "model_int8.onnx", export_dir / "model.onnx", "--data", cifar_root / "test",
+    run_deploy(no_torch_env, export_dir / "model.int8.onnx", export_dir / "model.onnx", "--data", cifar_root / "test",
                "--limit", "30", *FAST, "--out", out)
     (group,) = json.loads(out.read_text())["groups"]
     rows = {r["name"]: r for r in group["models"]}
     # the reference is the fp32 model, though listed second; precision read from the graph
     assert group["reference"] == "files/model"
-    assert rows["model_int8"]["precision"] == "int8" and rows["model_int8"]["precision_from"] == "graph op types"
+    assert rows["model.int8"]["precision"] == "int8" and rows["model.int8"]["precision_from"] == "graph op types"
     assert rows["model"]["macs"] is None and rows["model"]["test_images"] == 30
     assert rows["model"]["accuracy"] > 0.6
 
@@ -184,6 +197,23 @@ def test_bad_input_is_a_clear_error(case, no_torch_env, export_dir, tmp_path):
         args, expect = [export_dir / "manifest.json", "--reference", "nope"], "--reference 'nope' matches 0"
     proc = run_deploy(no_torch_env, *args, *FAST, check=False)
     assert proc.returncode == 2 and expect in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_board_copy_of_three_files_runs_alone(no_torch_env, export_dir, tmp_path):
+    """What docs/deploy.md tells a board user to copy: deploy.py, benchmark.py, host.py, nothing else."""
+    board = tmp_path / "board"
+    board.mkdir()
+    for f in (DEPLOY, REPO / "pf_deploy" / "benchmark.py", REPO / "learners" / "host.py"):
+        shutil.copy(f, board / f.name)
+    env = {**no_torch_env, "PYTHONPATH": no_torch_env["PYTHONPATH"]}
+    blocker = Path(no_torch_env["PYTHONPATH"]) / "sitecustomize.py"
+    (board / "sitecustomize.py").write_text(blocker.read_text().replace(f"{ALLOWED!r}", "()"))
+    env["PYTHONPATH"] = str(board)
+    proc = subprocess.run([sys.executable, str(board / "deploy.py"), str(export_dir / "manifest.json"), *FAST,
+                           "--limit", "8", "--quiet"], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=board)
+    assert proc.returncode == 0, proc.stderr
+    assert "speed-up against resnet20/fp32" in proc.stdout
 
 
 def test_evenly_spaced_and_threads():

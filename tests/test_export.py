@@ -1,4 +1,4 @@
-"""Export to ONNX / int8 / ORT format: learners.onnx_export, learners.ort_quant, scripts/export.py."""
+"""Export to ONNX / int8 / ORT format: learners.onnx_export, learners.ort_quant, pf_deploy.export (pf-export)."""
 
 from __future__ import annotations
 
@@ -139,7 +139,7 @@ def test_quantization_bad_inputs_are_clear_errors(resnet20, tmp_path):
     json.dumps(ranges.to_dict())
 
 
-# ------------------------------------------------------------------ scripts/export.py, bundles
+# ------------------------------------------------------------------ pf_deploy.export, bundles
 ENV = "ChannelPrune-ResNet20-v0"
 
 
@@ -164,17 +164,14 @@ def compressed(tmp_path_factory, cifar_root):
 
 
 def _export(argv):
-    import importlib.util
-    from pathlib import Path
+    from pf_deploy.export import main
 
-    spec = importlib.util.spec_from_file_location("export_cli", Path(__file__).parents[1] / "scripts" / "export.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.main([str(a) for a in argv])
+    return main([str(a) for a in argv])
 
 
 def test_cli_exports_a_compressed_model(compressed, tmp_path, capsys):
-    from learners.deploy_bundle import normalise, read_manifest
+    from pf_deploy.benchmark import read_manifest
+    from pf_deploy.export import normalise
     from pf_envs import zoo
 
     model, path = compressed
@@ -243,7 +240,7 @@ def test_cli_bad_inputs_are_clear_errors(compressed, tmp_path, capsys):
 
 
 def test_manifest_schema_is_checked(tmp_path):
-    from learners.deploy_bundle import BundleError, read_manifest, validate_manifest
+    from pf_deploy.benchmark import ManifestError, read_manifest, validate_manifest
 
     good = {
         "format": "pocketflow-gym/deploy-manifest/1",
@@ -257,15 +254,15 @@ def test_manifest_schema_is_checked(tmp_path):
     for key, value, match in [("format", "x", "format"), ("models", [], "models"),
                               ("input", {**good["input"], "shape": [1, 3, 2, 2]}, "input.shape"),
                               ("preprocess", {"scale": 1}, "preprocess")]:
-        with pytest.raises(BundleError, match=match):
+        with pytest.raises(ManifestError, match=match):
             validate_manifest({**good, key: value})
-    with pytest.raises(BundleError, match="precision"):
+    with pytest.raises(ManifestError, match="precision"):
         validate_manifest({**good, "models": [{**good["models"][0], "precision": "int4"}]})
-    with pytest.raises(BundleError, match="relative"):
+    with pytest.raises(ManifestError, match="relative"):
         validate_manifest({**good, "models": [{**good["models"][0], "file": "../x.onnx"}]})
-    with pytest.raises(BundleError, match="missing"):
+    with pytest.raises(ManifestError, match="missing"):
         validate_manifest(good, tmp_path)
-    with pytest.raises(BundleError, match="does not exist"):
+    with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(tmp_path)
 
 

@@ -30,8 +30,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
 GOLDEN = Path(__file__).with_name("fingerprints_golden.json")
 #: ids whose model ships no checkpoint: built on seeded random weights.
 UNSHIPPED = ("mobilenet_v2", "resnet56")

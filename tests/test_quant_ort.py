@@ -19,6 +19,7 @@ from conftest import SMALL_ENV_KWARGS, make_env, play
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+import pf_deploy
 import pf_envs
 from learners import onnx_export as ox
 from learners import ort_quant as oq
@@ -275,7 +276,7 @@ def test_search_harness_runs_on_quant_ort(cifar_root, checkpoints, tmp_path):
     assert len(run.episodes) == 2
     assert all(e["info"]["latency_ratio"] <= 0.8 + 1e-9 and "precisions" in e["info"] for e in run.episodes)
     assert any(p.name.startswith("events.out.tfevents") for p in result.run_dir.rglob("*"))
-    replayed = pf_envs.replay_run(result.run_dir)  # the best episode, from the folder alone
+    replayed = pf_deploy.replay_run(result.run_dir)  # the best episode, from the folder alone
     assert replayed.reward == result.best_reward and replayed.policy == run.best["applied"]
 
 

@@ -1,4 +1,4 @@
-"""Re-training (scripts/retrain.py, learners.retraining, pf_envs.retraining): replay + re-train,
+"""Re-training (pf-retrain: pf_deploy.retrain, pf_deploy.starting_model, learners.retraining): replay + re-train,
 resume, refusals, distillation loss, DDP (gloo), group fine-tuning, the saved model format."""
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def run_dir(tmp_path_factory, cifar_root):
 
 @pytest.fixture(scope="module")
 def retrained(run_dir, tmp_path_factory):
-    from pf_envs.retrain_cli import main
+    from pf_deploy.retrain import main
 
     out = tmp_path_factory.mktemp("retrained")
     assert main(["--run", str(run_dir), "--epochs", "1", "--out", str(out), *SMALL_RUN]) == 0
@@ -210,7 +210,7 @@ def test_replay_and_retrain_writes_one_loadable_model(retrained, run_dir):
 
 
 def test_bad_input_is_a_clear_error_and_writes_nothing(run_dir, retrained, tmp_path, capsys):
-    from pf_envs.retrain_cli import main
+    from pf_deploy.retrain import main
 
     out = tmp_path / "out"
     base = ["--epochs", "1", "--out", str(out), *SMALL_RUN]
@@ -238,7 +238,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(run_dir, retrained, tmp_p
 
 def test_retrain_a_saved_model_again(retrained, tmp_path):
     import pf_envs
-    from pf_envs.retrain_cli import main
+    from pf_deploy.retrain import main
 
     assert main(["--record", str(retrained / "retrained.json"), "--epochs", "1", "--out", str(tmp_path),
                  "--no-tensorboard", *SMALL_RUN]) == 0
@@ -250,7 +250,7 @@ def test_group_fine_tuning_ends_in_the_policy_architecture(run_dir):
     import gymnasium as gym
 
     from learners.training import finetune
-    from pf_envs.retraining import group_finetune, resolve_source
+    from pf_deploy.starting_model import group_finetune, resolve_source
 
     src = resolve_source(run=run_dir)
     env = src.make_env()
@@ -296,7 +296,7 @@ def test_torchrun_two_processes_match_one(run_dir, retrained, tmp_path):
 
 @pytest.mark.slow
 def test_group_fine_tuning_from_the_command_line(run_dir, tmp_path):
-    from pf_envs.retrain_cli import main
+    from pf_deploy.retrain import main
 
     assert main(["--run", str(run_dir), "--epochs", "1", "--out", str(tmp_path), "--group-size", "4",
                  "--group-ft-iters", "4", "--distill", *SMALL_RUN]) == 0

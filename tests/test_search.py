@@ -165,10 +165,7 @@ def test_resume_refuses_another_recovery_recipe(resnet_kwargs, tmp_path, monkeyp
     assert recorded.startswith("recovery-")
     assert len(search(RESNET_ID, episodes=2, resume=True, **kw).history) == 2  # same recipe: fine
     env_cls = channel_prune.ChannelPruneEnv
-    if "RECOVERY_VERSION" in dir(env_cls):  # the version as a class attribute (env refactor)
-        monkeypatch.setattr(env_cls, "RECOVERY_VERSION", env_cls.RECOVERY_VERSION + 1)
-    else:
-        monkeypatch.setattr(channel_prune, "RECOVERY_VERSION", channel_prune.RECOVERY_VERSION + 1)
+    monkeypatch.setattr(env_cls, "RECOVERY_VERSION", env_cls.RECOVERY_VERSION + 1)
     with pytest.raises(ValueError, match="another recovery recipe"):
         search(RESNET_ID, episodes=3, resume=True, **kw)
     monkeypatch.undo()

@@ -11,6 +11,7 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
 
+import pf_deploy
 import pf_envs
 from learners.training import evaluate
 from pf_envs.envs.weight_sparse import SparsitySpace, WeightSparseEnv
@@ -246,5 +247,5 @@ def test_search_harness_records_and_every_agent(cifar_root, checkpoints, tmp_pat
     assert best["uniform"]["info"]["sparsities"] == pytest.approx([0.9] * len(best["uniform"]["applied"]), abs=1e-3)
     run = read_run(next(tmp_path.glob("*random*")))
     assert len(run.episodes) == 3
-    out = pf_envs.replay_run(next(tmp_path.glob("*random*")))
+    out = pf_deploy.replay_run(next(tmp_path.glob("*random*")))
     assert out.reward == best["random"]["reward"]

@@ -42,9 +42,6 @@ from pf_envs.layers import CostTable, LayerRow, cost_table
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
 from pf_envs.settings import Setting
 
-#: Kept for imports written before the env core existed (the recipe version of every model env).
-RECOVERY_VERSION = ModelCompressionEnv.RECOVERY_VERSION
-
 OBSERVATION_FEATURES: tuple[str, ...] = (
     "step", "out_channels", "channels", "in_h", "in_w", "stride", "kernel", "group_macs",
     "reduced", "rest", "prev_keep_ratio",
@@ -375,7 +372,3 @@ class ChannelPruneEnv(ModelCompressionEnv):
     @property
     def total_macs(self) -> float:
         return float(self.table.total_macs)
-
-    def observation_features(self) -> tuple[str, ...]:
-        """Names of the observation's entries, in order."""
-        return OBSERVATION_FEATURES

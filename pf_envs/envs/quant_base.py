@@ -269,8 +269,5 @@ class QuantEnvBase(ModelCompressionEnv):
     def _normalise_value(self, t: int, value: float) -> float:
         return (float(value) - self.min_bits) / (self.max_bits - self.min_bits)
 
-    def observation_features(self) -> tuple[str, ...]:
-        return STATIC_FEATURES + DYNAMIC_FEATURES
-
     def _subject(self) -> str:
         return self.model_name

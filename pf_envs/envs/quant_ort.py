@@ -419,6 +419,3 @@ class QuantORTEnv(ModelCompressionEnv):
     def close(self) -> None:
         super().close()
         self._tmp.cleanup()
-
-    def observation_features(self) -> tuple[str, ...]:
-        return OBSERVATION_FEATURES

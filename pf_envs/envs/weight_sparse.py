@@ -276,10 +276,6 @@ class WeightSparseEnv(ModelCompressionEnv):
             raise RuntimeError("no policy has been played: call policy_model(values) (or play an episode) first")
         return GradualPruning(dict(zip(self.layers, self.applied)), total_steps)
 
-    def observation_features(self) -> tuple[str, ...]:
-        """Names of the observation's entries, in order."""
-        return OBSERVATION_FEATURES
-
     def layer_sparsities(self, model: nn.Module) -> dict[str, float]:
         """The measured sparsity (fraction of exact zeros) of every pruned layer of ``model``."""
         modules = dict(model.named_modules())

@@ -1,0 +1,11 @@
+"""``pf-replay`` in a checkout; the command is ``pf_deploy.replay:main`` (``--help``)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pf_deploy.replay import main  # noqa: E402
+
+if __name__ == "__main__":
+    raise SystemExit(main())
