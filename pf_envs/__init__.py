@@ -20,15 +20,3 @@ __all__ = ["ENV_IDS", "METHODS", "Replayed", "check_env_id", "env_ids", "episode
            "register_all", "replay", "save_compressed"]
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    # moved to pf_deploy (it reads a search's run folder, which pf_envs does not know); kept
-    # reachable here for code written before, without importing pf_deploy with pf_envs
-    if name == "replay_run":
-        import warnings
-
-        warnings.warn("pf_envs.replay_run moved to pf_deploy.replay_run", DeprecationWarning, stacklevel=2)
-        from pf_deploy.replay import replay_run
-
-        return replay_run
-    raise AttributeError(f"module 'pf_envs' has no attribute {name!r}")
