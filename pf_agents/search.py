@@ -156,7 +156,8 @@ def search(
         record.start()
         from pf_agents.tensorboard import CompressionLogger
 
-        logger = CompressionLogger(run_dir, {k: v for k, v in config.items() if k != "started"})
+        logger = CompressionLogger(run_dir, {k: v for k, v in config.items() if k != "started"},
+                                   first_episode=len(record.episodes))
         if progress:
             from tqdm.auto import tqdm
 

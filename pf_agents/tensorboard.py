@@ -46,19 +46,52 @@ def _quiet_event_writer_errors() -> None:
     _hook_installed = True
 
 
+def open_writer(log_dir: str | Path, first_step: int = 0) -> Any:
+    """A ``SummaryWriter`` on ``log_dir`` whose curves stay in one event file across resumes.
+
+    TensorBoard's writer always starts a new event file; a run resumed after Ctrl-C or a kill
+    would leave one more file per resume. Here the events of the folder's earlier files are
+    copied into the new file first (those before ``first_step``: the steps the resumed run
+    has recorded; later ones belong to work that was lost) and the earlier files removed.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = Path(log_dir)
+    earlier = sorted(folder.glob("events.out.tfevents.*"))
+    writer = SummaryWriter(log_dir=str(folder))
+    if earlier:
+        from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+        sink = writer._get_file_writer()
+        for path in earlier:
+            try:
+                for event in EventFileLoader(str(path)).Load():
+                    if event.HasField("file_version") or event.step >= first_step:
+                        continue
+                    sink.add_event(event)
+            except Exception as exc:  # a file torn by a kill: keep what was read
+                warnings.warn(f"TensorBoard: {path} is damaged ({exc}); its events up to the damage are kept",
+                              stacklevel=2)
+        sink.flush()
+        for path in earlier:
+            path.unlink(missing_ok=True)
+    return writer
+
+
 class CompressionLogger:
     """Writes the ``compress/*`` curves of one run."""
 
-    def __init__(self, run_dir: Path, config: dict[str, Any]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
+    def __init__(self, run_dir: Path, config: dict[str, Any], first_episode: int = 0) -> None:
+        """``first_episode``: the episodes already recorded (a resumed run continues its curves
+        in the same event file, :func:`open_writer`)."""
         _quiet_event_writer_errors()
         self.run_dir = Path(run_dir)
         self.failed = False
         try:
-            self.writer = SummaryWriter(log_dir=str(run_dir))
+            self.writer = open_writer(run_dir, first_episode)
             self.config = config
-            self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()), 0)
+            if not first_episode:
+                self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in config.items()), 0)
         except OSError as exc:
             raise write_error(self.run_dir, exc, "(TensorBoard curves)") from exc
 

@@ -176,12 +176,12 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
 
     def scalar(tag: str, value: float, step: int) -> None:
         # opened at the first value, so that a run refused before training writes nothing; a resumed
-        # run drops the curves' points after its state file's step (purge_step)
+        # run continues the curves in the same event file, without the points after its state file's step
         nonlocal writer
         if writer is None:
-            from torch.utils.tensorboard import SummaryWriter
+            from pf_agents.tensorboard import open_writer
 
-            writer = SummaryWriter(str(out / "tensorboard" / args.name), purge_step=step)
+            writer = open_writer(out / "tensorboard" / args.name, first_step=step)
         writer.add_scalar(tag, value, step)
 
     try:

@@ -1,4 +1,7 @@
-"""Keyword-argument tables of the environments: one :class:`Setting` per kwarg, checked once.
+"""Keyword-argument tables of the environments: one :class:`Setting` per kwarg, with its
+default, checked once. Each env's ``__init__`` signature states the same defaults (what
+``help()`` and editors show); tests/test_settings_table.py keeps the two equal, so the table
+is the one source.
 
 Every kwarg an env takes is declared with its type and range; :func:`check_settings` refuses
 a wrong type (``flops_budget=True``, ``channel_round=2.5``, ``ft_lr="0.1"``) or an
@@ -34,6 +37,7 @@ class Setting:
         low / high: inclusive bounds (numbers); ``low_open`` / ``high_open`` make them strict.
         choices: allowed values of a ``choice``.
         optional: None is allowed (it means "the default for this model").
+        default: the value an env uses when the kwarg is not given.
         doc: what the kwarg does (for error messages and docs).
     """
 
@@ -44,6 +48,7 @@ class Setting:
     high_open: bool = False
     choices: Sequence[Any] = ()
     optional: bool = False
+    default: Any = None
     doc: str = ""
 
     def describe(self) -> str:

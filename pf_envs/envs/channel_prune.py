@@ -49,14 +49,15 @@ OBSERVATION_FEATURES: tuple[str, ...] = (
 
 SETTINGS: dict[str, Setting] = {
     **COMMON_SETTINGS,
-    "flops_budget": Setting("float", low=0, high=1, low_open=True,
+    "flops_budget": Setting("float", default=0.5, low=0, high=1, low_open=True,
                             doc="fraction of the original MACs the compressed model may keep"),
-    "min_keep": Setting("float", low=0, high=1, low_open=True, doc="smallest keep ratio of any group"),
-    "channel_round": Setting("int", low=1, optional=True, doc="kept channel counts are multiples of this"),
-    "selection": Setting("choice", choices=tuple(SELECTIONS), doc="channel selection: lasso or l1"),
-    "reconstruct": Setting("bool", doc="refit the reading layers by least squares"),
-    "feature_images": Setting("int", low=1, doc="training images sampled for selection/reconstruction"),
-    "points_per_image": Setting("int", low=1, doc="spatial points per image sampled"),
+    "min_keep": Setting("float", default=0.2, low=0, high=1, low_open=True, doc="smallest keep ratio of any group"),
+    "channel_round": Setting("int", default=None, low=1, optional=True,
+                             doc="kept channel counts are multiples of this"),
+    "selection": Setting("choice", default="lasso", choices=tuple(SELECTIONS), doc="channel selection: lasso or l1"),
+    "reconstruct": Setting("bool", default=True, doc="refit the reading layers by least squares"),
+    "feature_images": Setting("int", default=1000, low=1, doc="training images sampled for selection/reconstruction"),
+    "points_per_image": Setting("int", default=10, low=1, doc="spatial points per image sampled"),
 }
 
 

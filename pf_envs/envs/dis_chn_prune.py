@@ -50,15 +50,19 @@ SELECTION_VERSION = 2
 
 SETTINGS: dict[str, Setting] = {
     **{k: v for k, v in CHANNEL_SETTINGS.items() if k != "selection"},
-    "aux_stages": Setting("int", low=0, doc="auxiliary classifiers (PocketFlow dcp_nb_stages; 0: output loss only)"),
-    "aux_images": Setting("int", low=2, doc="training images the auxiliary classifiers are trained on"),
-    "aux_epochs": Setting("int", low=1, doc="epochs of auxiliary-classifier training (Adam, on cached features)"),
-    "aux_weight": Setting("float", low=0, doc="lambda of L_rec + lambda * L_aux (0: reconstruction only)"),
-    "aux_balance": Setting("bool", doc="scale the auxiliary gradient to the reconstruction gradient's norm first"),
-    "select_images": Setting("int", low=1, doc="training images of the batch the auxiliary loss is taken on"),
-    "select_steps": Setting("int", low=1, doc="gradient evaluations per channel group (at most)"),
-    "select_refit": Setting("bool", doc="least-squares refit of the kept weights between additions"),
-    "select_ft_steps": Setting("int", low=0, doc="Adam steps on L_rec + lambda L_aux between additions"),
+    "aux_stages": Setting("int", default=3, low=0,
+                          doc="auxiliary classifiers (PocketFlow dcp_nb_stages; 0: output loss only)"),
+    "aux_images": Setting("int", default=1000, low=2, doc="training images the auxiliary classifiers are trained on"),
+    "aux_epochs": Setting("int", default=10, low=1,
+                          doc="epochs of auxiliary-classifier training (Adam, on cached features)"),
+    "aux_weight": Setting("float", default=1.0, low=0, doc="lambda of L_rec + lambda * L_aux (0: reconstruction only)"),
+    "aux_balance": Setting("bool", default=True,
+                           doc="scale the auxiliary gradient to the reconstruction gradient's norm first"),
+    "select_images": Setting("int", default=64, low=1,
+                             doc="training images of the batch the auxiliary loss is taken on"),
+    "select_steps": Setting("int", default=8, low=1, doc="gradient evaluations per channel group (at most)"),
+    "select_refit": Setting("bool", default=True, doc="least-squares refit of the kept weights between additions"),
+    "select_ft_steps": Setting("int", default=0, low=0, doc="Adam steps on L_rec + lambda L_aux between additions"),
 }
 
 

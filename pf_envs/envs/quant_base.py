@@ -19,6 +19,7 @@ wbits_l * abits_l`` as a fraction of the same model at 8-bit weights and 8-bit a
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import numpy as np
@@ -45,16 +46,18 @@ DYNAMIC_FEATURES: tuple[str, ...] = ("reduced", "rest", "prev_bits")
 
 SETTINGS: dict[str, Setting] = {
     **COMMON_SETTINGS,
-    "min_bits": Setting("int", low=MIN_BITS, high=MAX_BITS, doc="fewest bits of any layer"),
-    "max_bits": Setting("int", low=MIN_BITS, high=MAX_BITS, doc="most bits of any layer"),
-    "act_bits": Setting("any", doc=f"bits of every layer's input ({MIN_BITS}..{MAX_BITS}), {FLOAT_BITS} (float), "
+    "ft_iters": dataclasses.replace(COMMON_SETTINGS["ft_iters"], default=0),  # quantization: no fine-tuning
+    "min_bits": Setting("int", default=2, low=MIN_BITS, high=MAX_BITS, doc="fewest bits of any layer"),
+    "max_bits": Setting("int", default=8, low=MIN_BITS, high=MAX_BITS, doc="most bits of any layer"),
+    "act_bits": Setting("any", default=8,
+                        doc=f"bits of every layer's input ({MIN_BITS}..{MAX_BITS}), {FLOAT_BITS} (float), "
                                    "or 'search' (a step per layer)"),
-    "avg_bits": Setting("float", low=0, high=32, low_open=True, optional=True,
+    "avg_bits": Setting("float", default=None, low=0, high=32, low_open=True, optional=True,
                         doc="budget: average bits per weight (default 4 unless bitops_budget is given)"),
-    "bitops_budget": Setting("float", low=0, high=16, low_open=True, optional=True,
+    "bitops_budget": Setting("float", default=None, low=0, high=16, low_open=True, optional=True,
                              doc="budget: bit-operations as a fraction of the 8-bit-weight, 8-bit-activation model's"),
-    "random_order": Setting("bool", doc="visit the layers in a new order each episode (PocketFlow)"),
-    "bn_mode": Setting("choice", choices=BN_MODES,
+    "random_order": Setting("bool", default=False, doc="visit the layers in a new order each episode (PocketFlow)"),
+    "bn_mode": Setting("choice", default="shift", choices=BN_MODES,
                        doc="BatchNorm recovery: 'shift' moves the original statistics by the change the quantizers "
                            "make on the BatchNorm batches; 'reestimate' estimates them afresh"),
 }

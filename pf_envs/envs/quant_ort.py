@@ -87,18 +87,21 @@ _NO_RECOVERY = {"ft_iters": 0, "ft_batch_size": 1, "ft_lr": None, "bn_batches": 
 
 SETTINGS: dict[str, Setting] = {
     **COMMON_SETTINGS,
-    "ft_iters": Setting("int", low=0, high=0, doc="no fine-tuning (post-training quantization): 0 only"),
-    "latency_budget": Setting("float", low=0, high=1, low_open=True,
+    "ft_iters": Setting("int", default=0, low=0, high=0, doc="no fine-tuning (post-training quantization): 0 only"),
+    "latency_budget": Setting("float", default=0.8, low=0, high=1, low_open=True,
                               doc="fraction of the fp32 model's latency (latency table) the candidate may take"),
-    "calibration_images": Setting("int", low=1, doc="training images ORT's calibrator sees (once per env)"),
-    "activation_type": Setting("choice", choices=("uint8", "int8"),
+    "calibration_images": Setting("int", default=512, low=1,
+                                  doc="training images ORT's calibrator sees (once per env)"),
+    "activation_type": Setting("choice", default="uint8", choices=("uint8", "int8"),
                                doc="int8 activations' type (uint8: ORT's fast path on x86; int8: ARM)"),
-    "reduce_range": Setting("bool", doc="7-bit weights (ORT's advice on x86 without VNNI: avoids saturation)"),
-    "per_channel": Setting("bool", doc="int8 weights per output channel (else per tensor)"),
-    "threads": Setting("int", low=1, doc="ONNX Runtime intra-op threads (reward and latency)"),
-    "latency_batch": Setting("int", low=1, doc="images per run when latency is measured"),
-    "latency_runs": Setting("int", low=10, doc="profiled and timed runs per model for the latency table"),
-    "measure_runs": Setting("int", low=0, doc="timed runs of each candidate for latency_ms_measured (0: none)"),
+    "reduce_range": Setting("bool", default=True,
+                            doc="7-bit weights (ORT's advice on x86 without VNNI: avoids saturation)"),
+    "per_channel": Setting("bool", default=True, doc="int8 weights per output channel (else per tensor)"),
+    "threads": Setting("int", default=1, low=1, doc="ONNX Runtime intra-op threads (reward and latency)"),
+    "latency_batch": Setting("int", default=1, low=1, doc="images per run when latency is measured"),
+    "latency_runs": Setting("int", default=300, low=10, doc="profiled and timed runs per model for the latency table"),
+    "measure_runs": Setting("int", default=50, low=0,
+                            doc="timed runs of each candidate for latency_ms_measured (0: none)"),
 }
 for _k in ("ft_batch_size", "ft_lr", "bn_batches", "bn_batch_size", "bn_augment"):
     SETTINGS[_k] = Setting("any", optional=True, doc="not used by QuantORT (no recovery); internal")

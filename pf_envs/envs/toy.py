@@ -32,11 +32,14 @@ TOY_VERSION = 2
 BASE_ACCURACY = 0.9
 
 SETTINGS: dict[str, Setting] = {
-    "units": Setting("int", low=1, high=1000, doc="steps per episode"),
-    "budget": Setting("float", low=0, high=1, low_open=True, doc="fraction of the total cost a policy may keep"),
-    "min_value": Setting("float", low=0, high=1, low_open=True, high_open=True, doc="smallest value of a unit"),
-    "grid": Setting("float", low=0, high=1, high_open=True, doc="values are multiples of this (0: continuous)"),
-    "reward": Setting("choice", choices=tuple(REWARDS), doc="reward function"),
+    "units": Setting("int", default=8, low=1, high=1000, doc="steps per episode"),
+    "budget": Setting("float", default=0.5, low=0, high=1, low_open=True,
+                      doc="fraction of the total cost a policy may keep"),
+    "min_value": Setting("float", default=0.2, low=0, high=1, low_open=True, high_open=True,
+                         doc="smallest value of a unit"),
+    "grid": Setting("float", default=0.05, low=0, high=1, high_open=True,
+                    doc="values are multiples of this (0: continuous)"),
+    "reward": Setting("choice", default="accuracy", choices=tuple(REWARDS), doc="reward function"),
 }
 
 

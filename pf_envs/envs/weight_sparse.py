@@ -65,11 +65,12 @@ OBSERVATION_FEATURES: tuple[str, ...] = (
 
 SETTINGS: dict[str, Setting] = {
     **COMMON_SETTINGS,
-    "sparsity": Setting("float", low=0, high=1, high_open=True,
+    "sparsity": Setting("float", default=0.75, low=0, high=1, high_open=True,
                         doc="overall target sparsity over the prunable weights (fraction zeroed)"),
-    "reg_iters": Setting("int", low=0, doc="layer-wise regression steps per layer (0: none)"),
-    "reg_images": Setting("int", low=1, doc="training images the layer-wise regression fits on"),
-    "reg_lr": Setting("float", low=0, low_open=True, doc="Adam learning rate of the layer-wise regression"),
+    "reg_iters": Setting("int", default=0, low=0, doc="layer-wise regression steps per layer (0: none)"),
+    "reg_images": Setting("int", default=128, low=1, doc="training images the layer-wise regression fits on"),
+    "reg_lr": Setting("float", default=0.001, low=0, low_open=True,
+                      doc="Adam learning rate of the layer-wise regression"),
 }
 
 #: Seed of the fixed training subset of the layer-wise regression.
