@@ -2,7 +2,7 @@
 and the ORT format for ONNX Runtime Mobile.
 
 * :func:`export_onnx` - ``torch.onnx.export`` (TorchScript exporter: node names carry the torch
-  module scope, which :func:`learners.ort_quant.layer_nodes` reads; the torch.export-based
+  module scope, which :func:`learners.onnx_names.layer_nodes` reads; the torch.export-based
   exporter needs ``onnxscript``, which this project does not depend on), batch axis dynamic,
   input ``"input"``, output ``"logits"``, BatchNorm folded into the convolutions. A pruned
   model is physically smaller, so its graph is too.
@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from learners.ort_quant import QuantizationError, load_onnx
+from learners.ort_int8 import QuantizationError, load_onnx
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"

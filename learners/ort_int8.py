@@ -15,12 +15,12 @@ needs it split:
    (``exclude_nodes``) costs the quantizer alone (ResNet-20 on one busy core: 0.6 s, against
    8 s to calibrate on 512 images).
 
-:func:`layer_nodes` maps the torch module names of the quantizable layers (``Conv2d``,
-``Linear``) to the ONNX node names of an exported graph, so a caller can decide per torch
-layer what stays fp32; :func:`node_precisions` reads back which of those nodes a quantized
-graph runs in int8.
+:func:`learners.onnx_names.layer_nodes` maps the torch module names of the quantizable
+layers (``Conv2d``, ``Linear``) to the ONNX node names of an exported graph, so a caller can
+decide per torch layer what stays fp32; :func:`node_precisions` reads back which of those
+nodes a quantized graph runs in int8.
 
->>> from learners.ort_quant import preprocess, calibrate, quantize_int8       # doctest: +SKIP
+>>> from learners.ort_int8 import preprocess, calibrate, quantize_int8        # doctest: +SKIP
 >>> prep = preprocess("model.onnx", "model.prep.onnx")                        # doctest: +SKIP
 >>> ranges = calibrate(prep, calibration_batches)                              # doctest: +SKIP
 >>> quantize_int8(prep, "model.int8.onnx", ranges, exclude_nodes=["/classifier/Gemm"])  # doctest: +SKIP
@@ -45,7 +45,7 @@ import numpy as np
 
 #: Format tag of a saved :class:`CalibrationRanges` file.
 RANGES_FORMAT = "pocketflow-gym/ort-calibration/1"
-#: ONNX op types whose weights the quantizer quantizes (what :func:`layer_nodes` maps).
+#: ONNX op types whose weights the quantizer quantizes (what :func:`learners.onnx_names.layer_nodes` maps).
 WEIGHT_OPS: tuple[str, ...] = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: Calibration methods of ORT this module accepts (names of ``CalibrationMethod``).
 CALIBRATION_METHODS: tuple[str, ...] = ("MinMax", "Entropy", "Percentile", "Distribution")
@@ -74,14 +74,14 @@ def load_onnx(path: str | os.PathLike[str]) -> Any:
     path = Path(path)
     if not path.is_file():
         raise QuantizationError(f"{path} does not exist{' (it is a folder)' if path.is_dir() else ''}; "
-                                "pass the path of an .onnx model (export one with scripts/export.py)")
+                                "pass the path of an .onnx model (export one with pf-export)")
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and friends
         raise QuantizationError(f"{path} is not an ONNX model ({type(exc).__name__}: {exc}); "
-                                "export it again (scripts/export.py)") from None
+                                "export it again (pf-export)") from None
     if not model.graph.node:
-        raise QuantizationError(f"{path} holds no ONNX graph (no nodes); export it again (scripts/export.py)")
+        raise QuantizationError(f"{path} holds no ONNX graph (no nodes); export it again (pf-export)")
     return model
 
 
@@ -111,7 +111,7 @@ def _require_preprocessed(path: Path, what: str) -> None:
     if not is_preprocessed(path):
         raise QuantizationError(
             f"{what}: {path} has not been through ORT's pre-processing; run "
-            "learners.ort_quant.preprocess(fp32_onnx, out) first and pass its output"
+            "learners.ort_int8.preprocess(fp32_onnx, out) first and pass its output"
         )
 
 
@@ -146,7 +146,7 @@ class CalibrationRanges:
         if not isinstance(data, Mapping) or data.get("format") != RANGES_FORMAT:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise QuantizationError(f"not a calibration-range record (format {found!r}, expected "
-                                    f"{RANGES_FORMAT!r}); calibrate again (learners.ort_quant.calibrate)")
+                                    f"{RANGES_FORMAT!r}); calibrate again (learners.ort_int8.calibrate)")
         try:
             ranges = {str(k): (float(v[0]), float(v[1])) for k, v in data["ranges"].items()}
             out = cls(str(data["method"]), ranges, str(data["model_sha1"]), int(data["images"]),
@@ -340,13 +340,13 @@ def quantize_int8(
     if sha != ranges.model_sha1:
         raise QuantizationError(
             f"the ranges were calibrated on another model (SHA-1 {ranges.model_sha1}, {model_path} has {sha}); "
-            "calibrate this model again (learners.ort_quant.calibrate)"
+            "calibrate this model again (learners.ort_int8.calibrate)"
         )
     names = {n.name for n in model.graph.node}
     unknown = sorted(set(exclude_nodes) - names)
     if unknown:
         raise QuantizationError(f"exclude_nodes {unknown[:5]} are not nodes of {model_path}; use the names that "
-                                "learners.ort_quant.layer_nodes gives")
+                                "learners.onnx_names.layer_nodes gives")
     act = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}.get(activation_type)
     if act is None:
         raise QuantizationError(f"activation_type must be 'int8' or 'uint8', got {activation_type!r}")
@@ -399,74 +399,3 @@ def node_precisions(model_or_path: Any) -> dict[str, str]:
         elif n.input[1] in inits:
             out[n.name] = "fp32"
     return out
-
-
-def _scope_module(node_name: str) -> str | None:
-    """The torch module path in a TorchScript-exporter node name.
-
-    ``/layers/layers.6/shortcut/shortcut.0/Conv`` -> ``layers.6.shortcut.0``: each scope
-    segment names a child relative to an ancestor, so the path is the segments joined with the
-    overlap between the path so far and each segment's leading parts removed.
-    """
-    parts = node_name.strip("/").split("/")
-    if len(parts) < 2:
-        return None
-    path: list[str] = []
-    for seg in parts[:-1]:
-        pieces = seg.split(".")
-        for k in range(min(len(path), len(pieces) - 1), 0, -1):
-            if path[-k:] == pieces[:k]:
-                pieces = pieces[k:]
-                break
-        path += pieces
-    return ".".join(path)
-
-
-def _node_scopes(node: Any) -> list[str]:
-    """Candidate torch module paths of an ONNX node: the torch.export exporter's name-scope
-    metadata where present, else the TorchScript exporter's scoped node name."""
-    out = []
-    for p in node.metadata_props:
-        if p.key in ("pkg.torch.onnx.name_scopes", "namespace"):
-            try:
-                scopes = json.loads(p.value)
-            except json.JSONDecodeError:
-                scopes = None
-            if isinstance(scopes, list) and scopes:
-                out.append(".".join(s for s in scopes if s))
-    scoped = _scope_module(node.name)
-    if scoped:
-        out.append(scoped)
-    return out
-
-
-def layer_nodes(model: Any, onnx_model: Any) -> dict[str, str]:
-    """``{torch module name: ONNX node name}`` for every ``Conv2d`` / ``Linear`` of ``model``
-    (a torch module) in the graph ``onnx_model`` exported from it (a path or ModelProto; the
-    fp32 export or its :func:`preprocess` output).
-
-    Raises:
-        QuantizationError: a layer has no node, or two (the graph was not exported from this
-            model, or by an exporter whose node names carry no module scope).
-    """
-    from torch import nn
-
-    graph = load_onnx(onnx_model) if isinstance(onnx_model, (str, os.PathLike)) else onnx_model
-    wanted = {name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
-    found: dict[str, list[str]] = {}
-    for node in graph.graph.node:
-        if node.op_type not in WEIGHT_OPS:
-            continue
-        for scope in _node_scopes(node):
-            if scope in wanted:
-                found.setdefault(scope, []).append(node.name)
-                break
-    missing = sorted(wanted - set(found))
-    double = {k: v for k, v in found.items() if len(v) > 1}
-    if missing or double:
-        raise QuantizationError(
-            f"cannot map torch layers to ONNX nodes: no node for {missing[:5]}, "
-            f"several for {dict(list(double.items())[:3])}; "
-            "pass the graph exported from this very model (learners.onnx_export.export_onnx)"
-        )
-    return {name: found[name][0] for name, _ in model.named_modules() if name in wanted}

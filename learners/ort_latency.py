@@ -4,8 +4,8 @@ What a mixed-precision search needs to price a policy without running it: for ev
 quantizable torch layer, how long its part of the graph takes in fp32 and in int8. Stock ORT
 tooling throughout:
 
-* :func:`assign_nodes` - which torch layer every node of a graph belongs to: a node whose
-  name carries a layer's module scope (``/layers/layers.0/conv1/Conv``, the fused
+* :func:`learners.onnx_names.assign_nodes` - which torch layer every node of a graph belongs
+  to: a node whose name carries a layer's module scope (``/layers/layers.0/conv1/Conv``, the fused
   ``..._token_4``, the ``..._QuantizeLinear`` of its output) is that layer's; any other node
   (ReLU, residual Add, pooling, a layout Transpose, a Q/DQ pair between layers) belongs to the
   layer that ran before it, and nodes before the first layer to the first. The same rule
@@ -39,26 +39,8 @@ from typing import Any
 import numpy as np
 
 from learners.host import cpu_name
-from learners.ort_quant import QuantizationError, _scope_module, load_onnx
-
-
-def assign_nodes(names: Sequence[str], layers: Sequence[str]) -> dict[str, str]:
-    """``{node name: torch layer}`` for nodes in execution order (see the module docstring).
-
-    Raises:
-        QuantizationError: no node names any of ``layers``.
-    """
-    wanted = set(layers)
-    owners = [scope if (scope := _scope_module(n)) in wanted else None for n in names]
-    first = next((o for o in owners if o is not None), None)
-    if first is None:
-        raise QuantizationError(f"no node of the graph names a layer of {sorted(wanted)[:5]}...: "
-                                "the graph was not exported from this model (learners.onnx_export)")
-    out, current = {}, first
-    for n, o in zip(names, owners):
-        current = o or current
-        out[n] = current
-    return out
+from learners.onnx_names import assign_nodes, scope_module
+from learners.ort_int8 import QuantizationError, load_onnx
 
 
 def layer_blocks(onnx_model: Any, layers: Sequence[str]) -> dict[str, list[str]]:
@@ -203,7 +185,7 @@ def per_layer_ms(kernels: Sequence[tuple[str, str, float]], layers: Sequence[str
     got: set[str] = set()
     for name, _, ms in kernels:
         out[owner[name]] += ms
-        if _scope_module(name) == owner[name]:
+        if scope_module(name) == owner[name]:
             got.add(owner[name])
     missing = [n for n in layers if n not in got]
     if missing:

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from learners import onnx_export as ox
-from learners import ort_quant as oq
+from learners import ort_int8 as oq
 from pf_agents.cli import on_interrupt
 from pf_deploy.benchmark import (
     MANIFEST_FORMAT,
@@ -363,7 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     torch.set_num_threads(args.threads)
     from learners.onnx_export import ExportError
-    from learners.ort_quant import QuantizationError
+    from learners.ort_int8 import QuantizationError
     from pf_envs.data import DataError
 
     try:

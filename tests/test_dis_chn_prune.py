@@ -1,5 +1,5 @@
 """DisChnPrune environments (generated from the registry table) and the discrimination-aware
-selection of learners/discrimination.py."""
+selection of learners/dis_chn_pruning.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from torch import nn
 import pf_envs
 from learners.channel_pruning import collect_stats
 from learners.coupling import coupled_groups
-from learners.discrimination import (
+from learners.dis_chn_pruning import (
     AuxiliaryHead,
     DiscriminationPruner,
     DiscriminativeSelector,
@@ -221,7 +221,7 @@ def test_find_aux_points_on_a_flat_chain():
 
 def test_classifiers_and_orders_are_cached_on_disk(cifar_root, checkpoints, tmp_path, monkeypatch):
     import pf_envs.envs.dis_chn_prune as dcp
-    from learners.discrimination import DiscriminativeSelector as Selector
+    from learners.dis_chn_pruning import DiscriminativeSelector as Selector
 
     monkeypatch.setenv("PF_CACHE_DIR", str(tmp_path))
     first = make(RESNET, checkpoints, select_steps=1).unwrapped

@@ -1,4 +1,4 @@
-"""Export to ONNX / int8 / ORT format: learners.onnx_export, learners.ort_quant, pf_deploy.export (pf-export)."""
+"""Export to ONNX / int8 / ORT format: learners.onnx_export, learners.ort_int8, pf_deploy.export (pf-export)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from learners import onnx_export as ox
-from learners import ort_quant as oq
+from learners import ort_int8 as oq
+from learners.onnx_names import layer_nodes
 
 CALIB_IMAGES = 128
 TEST_IMAGES = 256
@@ -88,7 +89,7 @@ def test_ranges_are_computed_once_and_reused(resnet20, tmp_path, monkeypatch):
     monkeypatch.setattr(cal, "create_calibrator", boom)
     monkeypatch.setattr(cal.CalibraterBase, "collect_data", boom)
     before = sorted(p.name for p in prep.parent.iterdir())
-    layers = oq.layer_nodes(model, prep)
+    layers = layer_nodes(model, prep)
     assert list(layers) == [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert sorted(layers.values()) == sorted(oq.quantizable_nodes(prep))
     keep = [layers["conv1"], layers["classifier"]]

@@ -22,8 +22,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import pf_deploy
 import pf_envs
 from learners import onnx_export as ox
-from learners import ort_quant as oq
-from learners.ort_latency import assign_nodes
+from learners import ort_int8 as oq
+from learners.onnx_names import assign_nodes
 from pf_envs.budget import floor_ratio
 from pf_envs.data import cache_dir
 from pf_envs.envs import quant_ort as qo

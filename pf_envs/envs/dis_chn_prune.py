@@ -7,13 +7,13 @@
 Everything but the channel selection is ChannelPrune's (:mod:`pf_envs.envs.channel_prune`):
 one step per channel group, the same action, keep-ratio grid, FLOPs budget and clamp, the
 same observation, least-squares reconstruction, physical removal and recovery. The channels
-a group keeps are chosen by :mod:`learners.discrimination`: auxiliary classifiers after
+a group keeps are chosen by :mod:`learners.dis_chn_pruning`: auxiliary classifiers after
 ``aux_stages`` evenly spaced points of the network (trained once per env on the frozen
 network and cached on disk), then per group a greedy addition of the input channels whose
 weights have the largest gradient norm of reconstruction + auxiliary loss. The greedy order
 does not depend on the keep ratio, so it is computed once per env (and cached on disk) and
 every episode costs what a ChannelPrune episode costs; the price is paid when the env is
-built the first time (see ``docs/dcp.md`` for the cost of each knob).
+built the first time (see ``docs/dis_chn_prune.md`` for the cost of each knob).
 
 Final info: ChannelPrune's, plus ``aux_losses`` (cross-entropy of every auxiliary classifier,
 input channels pruned as the candidate's, and of the network's output, on the selection
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from learners.channel_pruning import ChannelPruner
-from learners.discrimination import (
+from learners.dis_chn_pruning import (
     AuxiliaryHead,
     AuxPoint,
     DiscriminationPruner,
@@ -89,10 +89,10 @@ class DisChnPruneEnv(ChannelPruneEnv):
             between additions (DCP's layer-wise fine-tuning; 0: none).
 
     Attributes (beyond ChannelPrune's):
-        aux_points: the :class:`learners.discrimination.AuxPoint` of every classifier.
+        aux_points: the :class:`learners.dis_chn_pruning.AuxPoint` of every classifier.
         heads: the trained classifiers, by point name.
         aux_train_losses: each classifier's training cross-entropy (last epoch).
-        group_orders: the :class:`learners.discrimination.GroupOrder` of every step's group.
+        group_orders: the :class:`learners.dis_chn_pruning.GroupOrder` of every step's group.
     """
 
     SETTINGS: ClassVar[dict[str, Setting]] = SETTINGS

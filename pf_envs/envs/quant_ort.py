@@ -23,7 +23,7 @@ deterministic: the table, not a stopwatch, decides the budget.
 After the last step the layers kept in fp32 (each with the nodes that follow it up to the
 next layer: its ReLU, the residual Add, the pooling) are excluded from ORT's quantizer, the
 int8 model is written from the calibration ranges computed once per env
-(:func:`learners.ort_quant.quantize_int8`: no calibrator run per episode), and its top-1 on
+(:func:`learners.ort_int8.quantize_int8`: no calibrator run per episode), and its top-1 on
 ``reward_samples`` images of ``reward_split`` is the reward (or a function of it:
 ``reward=``). A policy scored before is not quantized again (the candidate is a
 deterministic function of the policy).
@@ -60,7 +60,8 @@ import torch
 from torch import nn
 
 from learners import onnx_export as ox
-from learners import ort_quant as oq
+from learners import ort_int8 as oq
+from learners.onnx_names import layer_nodes
 from learners.ort_latency import LayerLatency, cpu_name, end_to_end_ms, layer_blocks, measure_layer_latency
 from pf_envs.budget import LatencyTable, UnitSpace, floor_ratio
 from pf_envs.cache import cache_key, cached
@@ -233,7 +234,7 @@ class QuantORTEnv(ModelCompressionEnv):
         export_s = time.perf_counter() - t0
 
         # units: the quantizable layers in execution order, and what stays fp32 with each
-        node_of = oq.layer_nodes(self.model, self.prep_path)
+        node_of = layer_nodes(self.model, self.prep_path)
         graph = oq.load_onnx(self.prep_path)
         position = {n.name: i for i, n in enumerate(graph.graph.node)}
         self.layers = sorted(node_of, key=lambda name: position[node_of[name]])
