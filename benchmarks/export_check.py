@@ -51,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from learners.atomic import atomic_write_text
-    from learners.deploy_bundle import INT8_MAX_DROP_POINTS, read_manifest
+    from pf_deploy.benchmark import read_manifest
+    from pf_deploy.export import INT8_MAX_DROP_POINTS
 
     rows, failures = [], []
     print(f"{'bundle':<28} {'model':<9} {'input':>7} {'MMACs':>8} {'params':>9} {'MB':>6} {'top-1 %':>8} "

@@ -44,7 +44,7 @@ def policies(run_dir: Path) -> tuple[str, dict[str, Any], dict[str, dict[str, An
     the dense model's test accuracy."""
     from baselines.uniform import equal_value_policy
     from learners.training import evaluate
-    from pf_envs.retraining import resolve_source
+    from pf_deploy.starting_model import resolve_source
 
     src = resolve_source(run=run_dir)
     env = src.make_env()

@@ -51,7 +51,7 @@ import pf_envs  # noqa: F401
 from baselines.uniform import largest_unclamped
 from pf_agents.cli import parse_kwargs
 from pf_agents.records import read_run
-from pf_envs.policy_replay import record_policy
+from pf_envs.policy_replay import episode_policy
 
 MATCHED_KWARGS = ("flops_budget", "ft_iters", "reward_samples")
 
@@ -88,7 +88,7 @@ def load_records(patterns: list[str], env_id: str, env_kwargs: dict, fingerprint
             if r.get("info", {}).get("dry_run") or not isinstance(r.get("reward"), (int, float)):
                 continue
             out.append({"run": folder.name, "episode": r["episode"], "reward": float(r["reward"]),
-                        "applied": record_policy(r), "actions": r["applied_actions"]})
+                        "applied": episode_policy(r), "actions": r["applied_actions"]})
     return out
 
 

@@ -37,7 +37,7 @@ import torch
 import pf_envs  # noqa: F401
 from pf_agents import search
 from pf_agents.cli import parse_kwargs
-from pf_envs.policy_replay import record_policy
+from pf_envs.policy_replay import episode_policy
 
 AGENTS = ("uniform", "random", "ddpg", "gp", "tpe")
 
@@ -56,7 +56,7 @@ def rescore(env_id: str, env_kwargs: dict, episode: dict, samples: int = 10_000)
     under ``random_order`` and the fine-tuning batches) in an env that scores on ``samples``
     images of the test split."""
     env = gym.make(env_id, **{**env_kwargs, "reward_split": "test", "reward_samples": samples})
-    _, info = env.unwrapped.play_policy(record_policy(episode), seed=int(episode["seed"]))
+    _, info = env.unwrapped.play_policy(episode_policy(episode), seed=int(episode["seed"]))
     acc, n = info["accuracy"], info["reward_samples"]
     return {"test_accuracy": acc, "test_se": math.sqrt(acc * (1 - acc) / n), "test_images": n,
             "cost_ratio": info["cost_ratio"], "cost_name": info["cost_name"],
@@ -103,7 +103,7 @@ def main() -> None:
                 best = result.best
                 row = {"budget": budget, "agent": agent, "seed": seed, "episodes": len(result.history),
                        "best_episode": best["episode"], "best_val_reward": best["reward"],
-                       "policy": record_policy(best),
+                       "policy": episode_policy(best),
                        # from the records, so a resumed run reports its whole search time
                        "search_s": round(sum(e.get("wall_time_s", 0.0) for e in result.history), 1)}
                 row.update(rescore(args.env, env_kwargs, best, args.rescore_samples))

@@ -17,9 +17,9 @@ import torch
 
 __all__ = ["DistributedContext", "DistributedSetupError", "close_distributed", "init_distributed"]
 
-LAUNCH_HINT = ("launch with torchrun, e.g. `torchrun --standalone --nproc_per_node=2 scripts/retrain.py ...` on "
+LAUNCH_HINT = ("launch with torchrun, e.g. `torchrun --standalone --nproc_per_node=2 -m pf_deploy.retrain ...` on "
                "one machine, or `torchrun --nnodes=M --nproc_per_node=N --rdzv-backend=c10d "
-               "--rdzv-endpoint=HOST:PORT scripts/retrain.py ...` on every machine; or run without torchrun "
+               "--rdzv-endpoint=HOST:PORT -m pf_deploy.retrain ...` on every machine; or run without torchrun "
                "(and without RANK/WORLD_SIZE in the environment) for a single process")
 
 

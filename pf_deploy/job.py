@@ -53,7 +53,7 @@ from pf_agents.registry import AGENTS
 #: The folder that holds the project's packages (a checkout or site-packages): put on the
 #: stages' PYTHONPATH, so that ``python -m`` finds the same code as this process.
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-RESUME_HINT = "run the same command again to resume: finished stages are skipped, this one resumes"
+RESUME_HINT = "run the same command again to resume (finished stages are skipped, this one resumes)"
 
 
 @dataclass
@@ -176,10 +176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         stages = run_pipeline(args)
     except JobInterrupted as exc:
-        print(f"\ninterrupted in stage {exc}: {RESUME_HINT}", file=sys.stderr, flush=True)
+        print(f"\ninterrupted during the {exc} stage; {RESUME_HINT}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except KeyboardInterrupt:
-        print(f"\ninterrupted: {RESUME_HINT}", file=sys.stderr, flush=True)
+        print(f"\ninterrupted; {RESUME_HINT}", file=sys.stderr, flush=True)
         return EXIT_INTERRUPTED
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""scripts/compress.py: search -> re-training -> export -> benchmark in one command."""
+"""pf-compress (pf_deploy.job; scripts/compress.py in a checkout): search -> re-training -> export ->
+benchmark in one command."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ def test_bad_input_is_one_sentence_and_writes_nothing(tmp_path, capsys):
     assert main(["--env", "Toy-v0", "--episodes", "0", "--out", str(tmp_path / "job")]) == 2
     assert ">= 1" in capsys.readouterr().err
     assert not (tmp_path / "job").exists()
+
+
+def test_a_stage_streams_its_output_and_the_log_keeps_it(tmp_path, capsys):
+    from pf_deploy.job import JobInterrupted, StageError, _run
+
+    log = tmp_path / "pipeline.log"
+    _run("one", [sys.executable, "-c", "import sys; print('epoch 1/1'); print('50%|#####', end='\\r', file=sys.stderr)"],
+         log)
+    assert "epoch 1/1" in capsys.readouterr().out
+    text = log.read_text()
+    assert "[one] $" in text and "epoch 1/1" in text and "50%|#####" in text
+    with pytest.raises(JobInterrupted):  # the stage ended by Ctrl-C (exit 130)
+        _run("two", [sys.executable, "-c", "raise SystemExit(130)"], log)
+    with pytest.raises(StageError, match="(?s)stage three failed.*boom.*run the same command again"):
+        _run("three", [sys.executable, "-c", "import sys; sys.exit('boom')"], log)
 
 
 @pytest.mark.slow
