@@ -101,7 +101,7 @@ def load_export_source(
     import gymnasium as gym
 
     from pf_envs.cache import model_fingerprint
-    from pf_envs.compressed import load_compressed, read_record, record_path
+    from pf_envs.compressed import load_compressed, model_record_path, read_model_record
     from pf_envs.registry import check_env_id
 
     text = str(spec)
@@ -110,7 +110,7 @@ def load_export_source(
         if path.is_dir():
             raise ValueError(f"{path} is a folder; pass a compressed-model file (NAME.pt with NAME.json beside it) "
                              f"or a zoo model name ({zoo.list_models('cifar10')})")
-        record = read_record(path)  # clear errors for a missing or damaged record
+        record = read_model_record(path)  # clear errors for a missing or damaged record
         kwargs = {**record["env_kwargs"], **({"data_root": str(data_root)} if data_root else {})}
         check_env_id(record["env_id"])
         env = gym.make(record["env_id"], **kwargs)
@@ -119,9 +119,9 @@ def load_export_source(
             base = env.unwrapped
             pt = path.with_suffix(".pt")
             source = {
-                "kind": "compressed", "file": str(pt), "record": str(record_path(pt)),
+                "kind": "compressed", "file": str(pt), "record": str(model_record_path(pt)),
                 "env_id": record["env_id"], "env_kwargs": record["env_kwargs"], "policy": record["policy"],
-                "record_sha1": _sha1_file(record_path(pt)), "model_fingerprint": record.get("model_fingerprint"),
+                "record_sha1": _sha1_file(model_record_path(pt)), "model_fingerprint": record.get("model_fingerprint"),
                 "state_sha1": record.get("state_sha1"), "base_model": base.model_name,
                 "metrics": record.get("metrics", {}),
             }

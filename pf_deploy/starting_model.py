@@ -158,11 +158,11 @@ def resolve_source(
         return _from_episode(rec, cfg.get("env_id"), cfg.get("env_kwargs", {}), overrides, env_id,
                              cfg.get("base_model"), {"run_dir": str(run), "episode": rec.get("episode")}, str(run))
     path = Path(record)
-    from pf_envs.compressed import FORMAT, read_record
+    from pf_envs.compressed import FORMAT, read_model_record
 
     if path.suffix == ".pt" or (path.suffix == ".json" and isinstance(_read_json(path, "a record"), dict)
                                 and _read_json(path, "a record").get("format") == FORMAT):
-        rec = read_record(path)
+        rec = read_model_record(path)
         weights = path.with_suffix(".pt")
         if not weights.is_file():
             raise FileNotFoundError(f"{weights} does not exist (its record {path.with_suffix('.json')} does): "

@@ -42,7 +42,7 @@ def state_sha1(state: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()[:16]
 
 
-def record_path(path: str | os.PathLike[str]) -> Path:
+def model_record_path(path: str | os.PathLike[str]) -> Path:
     """The JSON record beside a compressed-model ``.pt`` file."""
     return Path(path).with_suffix(".json")
 
@@ -82,14 +82,14 @@ def save_compressed(
     }
     text = json.dumps(record, indent=2) + "\n"  # fails before anything is written if not serialisable
     atomic_torch_save(state, path)
-    atomic_write_text(record_path(path), text)
-    return record_path(path)
+    atomic_write_text(model_record_path(path), text)
+    return model_record_path(path)
 
 
-def read_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+def read_model_record(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The record of a compressed-model file (``path`` is the ``.pt`` or the ``.json``)."""
     path = Path(path)
-    rec = record_path(path)
+    rec = model_record_path(path)
     if not rec.is_file():
         raise FileNotFoundError(
             f"{rec} does not exist: a compressed model is a .pt state dict with its .json record beside it "
@@ -167,9 +167,9 @@ def load_compressed(
     path = Path(path)
     if path.suffix == ".json":
         path = path.with_suffix(".pt")
-    record = read_record(path)
+    record = read_model_record(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path} does not exist (its record {record_path(path)} does)")
+        raise FileNotFoundError(f"{path} does not exist (its record {model_record_path(path)} does)")
     try:
         state = load_tensor_file(path)
     except TensorFileError as exc:

@@ -9,7 +9,7 @@ import torch
 from conftest import SMALL_ENV_KWARGS
 
 import pf_envs
-from pf_envs.compressed import load_compressed, read_record, save_compressed
+from pf_envs.compressed import load_compressed, read_model_record, save_compressed
 
 ENV = "ChannelPrune-ResNet20-v0"
 KWARGS = {**SMALL_ENV_KWARGS, "flops_budget": 0.5}
@@ -52,7 +52,7 @@ def test_damaged_files_are_clear_errors(saved, tmp_path):
         load_compressed(tmp_path / "none.pt")
     (tmp_path / "junk.json").write_text("{not json")
     with pytest.raises(ValueError, match="not a valid JSON"):
-        read_record(tmp_path / "junk.pt")
+        read_model_record(tmp_path / "junk.pt")
 
 
 def test_weights_that_do_not_match_the_record_are_refused(saved, tmp_path):
