@@ -1,7 +1,7 @@
 """Keyword-argument tables of the environments: one :class:`Setting` per kwarg, with its
-default, checked once. Each env's ``__init__`` signature states the same defaults (what
-``help()`` and editors show); tests/test_settings_table.py keeps the two equal, so the table
-is the one source.
+default, checked once. The table is the one source of an env's keywords: its ``__init__``
+signature is made from it (:func:`table_signature`, :func:`bind_settings`: what ``help()``
+and editors show), and tests/test_settings_table.py checks every env's signature against it.
 
 Every kwarg an env takes is declared with its type and range; :func:`check_settings` refuses
 a wrong type (``flops_budget=True``, ``channel_round=2.5``, ``ft_lr="0.1"``) or an
@@ -18,6 +18,7 @@ ValueError: Toy: units must be an integer >= 1, got 0
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -136,3 +137,37 @@ def check_settings(env_name: str, table: Mapping[str, Setting], given: Mapping[s
         )
     for name, value in given.items():
         check_value(env_name, name, table[name], value)
+
+
+_ANNOTATIONS = {"int": "int", "float": "float", "bool": "bool", "str": "str", "choice": "str",
+                "path": "str | os.PathLike[str]", "any": "Any"}
+
+
+def table_signature(table: Mapping[str, Setting], positional: Sequence[str] = ("model", "dataset"),
+                    exclude: Sequence[str] = ()) -> inspect.Signature:
+    """The ``__init__`` signature of an env whose keywords are ``table``: ``self``, the
+    ``positional`` ones (may be given by position), every other one keyword-only, each with
+    the table's default, and ``**unknown`` (refused by :func:`check_settings` with the list)."""
+    par = inspect.Parameter
+    params = [par("self", par.POSITIONAL_OR_KEYWORD)]
+    for name, setting in table.items():
+        if name in exclude:
+            continue
+        kind = par.POSITIONAL_OR_KEYWORD if name in positional else par.KEYWORD_ONLY
+        note = _ANNOTATIONS[setting.kind] + (" | None" if setting.optional and setting.kind != "any" else "")
+        params.append(par(name, kind, default=setting.default, annotation=note))
+    params.sort(key=lambda p: p.kind)  # the positional ones first
+    return inspect.Signature([*params, par("unknown", par.VAR_KEYWORD, annotation="Any")])
+
+
+def bind_settings(signature: inspect.Signature, args: Sequence[Any], kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """``{"self": ..., every keyword: its value or default, "unknown": {...}}``: what an
+    ``__init__`` written with ``signature`` would have as ``locals()`` (what the recovery
+    fingerprint has always been computed from).
+
+    Raises:
+        TypeError: too many positional arguments, or one given twice.
+    """
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)

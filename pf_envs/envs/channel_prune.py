@@ -40,7 +40,7 @@ from pf_envs.budget import UnitSpace
 from pf_envs.cache import cache_key, cached
 from pf_envs.layers import CostTable, LayerRow, cost_table
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
-from pf_envs.settings import Setting
+from pf_envs.settings import Setting, bind_settings, table_signature
 
 OBSERVATION_FEATURES: tuple[str, ...] = (
     "step", "out_channels", "channels", "in_h", "in_w", "stride", "kernel", "group_macs",
@@ -160,6 +160,10 @@ class ChannelMACs:
         return self.table.macs_at(dict(zip(self.step_groups, values)))
 
 
+#: The env's ``__init__`` signature, made from its settings table.
+_SIGNATURE = table_signature(SETTINGS)
+
+
 class ChannelPruneEnv(ModelCompressionEnv):
     """Channel pruning under a FLOPs budget.
 
@@ -218,36 +222,12 @@ class ChannelPruneEnv(ModelCompressionEnv):
     floor_kwarg: ClassVar[str] = "min_keep"
     ratio_key: ClassVar[str | None] = "flops_ratio"
 
-    def __init__(
-        self,
-        model: str | nn.Module = "mobilenet_v1",
-        dataset: str = "cifar10",
-        *,
-        checkpoint: str | None = None,
-        data_root: str | None = None,
-        input_size: int | None = None,
-        flops_budget: float = 0.5,
-        min_keep: float = 0.2,
-        channel_round: int | None = None,
-        selection: str = "lasso",
-        reconstruct: bool = True,
-        ft_iters: int = 100,
-        ft_batch_size: int = 64,
-        ft_lr: float | None = None,
-        reward: str = "accuracy",
-        reward_split: str = "val",
-        reward_samples: int = 5000,
-        bn_batches: int = 20,
-        bn_batch_size: int = 128,
-        bn_augment: bool = True,
-        feature_images: int = 1000,
-        points_per_image: int = 10,
-        device: str = "cpu",
-        cache: bool = True,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
-        super().__init__(dict(locals()), unknown)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = bind_settings(_SIGNATURE, (self, *args), kwargs)
+        settings["__class__"] = ChannelPruneEnv  # what this signature's locals() held: fingerprints unchanged
+        super().__init__(settings, settings["unknown"])
+
+    __init__.__signature__ = _SIGNATURE  # made from SETTINGS: the keywords and their defaults
 
     # -- the method ------------------------------------------------------------------------------
     def _setup_method(self) -> None:

@@ -43,7 +43,7 @@ from pf_envs.cache import cache_key, cached
 from pf_envs.envs.channel_prune import SETTINGS as CHANNEL_SETTINGS
 from pf_envs.envs.channel_prune import ChannelPruneEnv
 from pf_envs.rewards import Measurements
-from pf_envs.settings import Setting
+from pf_envs.settings import Setting, bind_settings, table_signature
 
 #: Bumped when the selection's algorithm changes (cached orders are keyed by it).
 SELECTION_VERSION = 2
@@ -64,6 +64,10 @@ SETTINGS: dict[str, Setting] = {
     "select_refit": Setting("bool", default=True, doc="least-squares refit of the kept weights between additions"),
     "select_ft_steps": Setting("int", default=0, low=0, doc="Adam steps on L_rec + lambda L_aux between additions"),
 }
+
+
+#: The env's ``__init__`` signature, made from its settings table.
+_SIGNATURE = table_signature(SETTINGS)
 
 
 class DisChnPruneEnv(ChannelPruneEnv):
@@ -98,46 +102,11 @@ class DisChnPruneEnv(ChannelPruneEnv):
     SETTINGS: ClassVar[dict[str, Setting]] = SETTINGS
     METHOD: ClassVar[str] = "DisChnPrune"
 
-    def __init__(
-        self,
-        model: str | nn.Module = "mobilenet_v1",
-        dataset: str = "cifar10",
-        *,
-        checkpoint: str | None = None,
-        data_root: str | None = None,
-        input_size: int | None = None,
-        flops_budget: float = 0.5,
-        min_keep: float = 0.2,
-        channel_round: int | None = None,
-        reconstruct: bool = True,
-        ft_iters: int = 100,
-        ft_batch_size: int = 64,
-        ft_lr: float | None = None,
-        reward: str = "accuracy",
-        reward_split: str = "val",
-        reward_samples: int = 5000,
-        bn_batches: int = 20,
-        bn_batch_size: int = 128,
-        bn_augment: bool = True,
-        feature_images: int = 1000,
-        points_per_image: int = 10,
-        aux_stages: int = 3,
-        aux_images: int = 1000,
-        aux_epochs: int = 10,
-        aux_weight: float = 1.0,
-        aux_balance: bool = True,
-        select_images: int = 64,
-        select_steps: int = 8,
-        select_refit: bool = True,
-        select_ft_steps: int = 0,
-        device: str = "cpu",
-        cache: bool = True,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
-        settings = dict(locals())
-        settings.pop("__class__", None)
-        super(ChannelPruneEnv, self).__init__(settings, unknown)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = bind_settings(_SIGNATURE, (self, *args), kwargs)
+        super(ChannelPruneEnv, self).__init__(settings, settings["unknown"])
+
+    __init__.__signature__ = _SIGNATURE  # made from SETTINGS: the keywords and their defaults
 
     # -- the selection -----------------------------------------------------------------------------
     def _needs_stats(self) -> bool:

@@ -31,7 +31,7 @@ from pf_envs.budget import BitOps, UnitSpace, WeightBits
 from pf_envs.cache import cache_key, cached
 from pf_envs.layers import CostTable, cost_table
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
-from pf_envs.settings import Setting
+from pf_envs.settings import Setting, bind_settings, table_signature
 
 #: ``act_bits`` value that leaves activations in float32 (not quantized).
 FLOAT_BITS = 32
@@ -63,6 +63,10 @@ SETTINGS: dict[str, Setting] = {
 }
 
 
+#: The env's ``__init__`` signature, made from its settings table.
+_SIGNATURE = table_signature(SETTINGS)
+
+
 class QuantEnvBase(ModelCompressionEnv):
     """Mixed-precision quantization under an average-bits or bit-operations budget (see the
     module docstring; :class:`pf_envs.envs.uniform_quant.UniformQuantEnv` documents the kwargs).
@@ -83,39 +87,13 @@ class QuantEnvBase(ModelCompressionEnv):
     #: How weights are quantized (``learners.quantization.WEIGHT_MODES``).
     WEIGHT_MODE: ClassVar[str] = "uniform"
 
-    def __init__(
-        self,
-        model: str | nn.Module = "mobilenet_v1",
-        dataset: str = "cifar10",
-        *,
-        checkpoint: str | None = None,
-        data_root: str | None = None,
-        input_size: int | None = None,
-        avg_bits: float | None = None,
-        bitops_budget: float | None = None,
-        min_bits: int = 2,
-        max_bits: int = 8,
-        act_bits: int | str = 8,
-        random_order: bool = False,
-        ft_iters: int = 0,
-        ft_batch_size: int = 64,
-        ft_lr: float | None = None,
-        reward: str = "accuracy",
-        reward_split: str = "val",
-        reward_samples: int = 5000,
-        bn_batches: int = 20,
-        bn_batch_size: int = 128,
-        bn_augment: bool = True,
-        bn_mode: str = "shift",
-        device: str = "cpu",
-        cache: bool = True,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         """Keyword arguments: :class:`pf_envs.envs.uniform_quant.UniformQuantEnv` documents them."""
-        settings = dict(locals())
+        settings = bind_settings(_SIGNATURE, (self, *args), kwargs)
         settings["__class__"] = type(self)  # what each env's own __init__ recorded: fingerprints unchanged
-        super().__init__(settings, unknown)
+        super().__init__(settings, settings["unknown"])
+
+    __init__.__signature__ = _SIGNATURE  # made from SETTINGS: the keywords and their defaults
 
     # -- set-up ------------------------------------------------------------------------------------
     def _setup_method(self) -> None:

@@ -56,7 +56,7 @@ from learners.sparsity import (
 from pf_envs.budget import NonzeroWeights, UnitSpace
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
 from pf_envs.rewards import Measurements
-from pf_envs.settings import Setting
+from pf_envs.settings import Setting, bind_settings, table_signature
 
 OBSERVATION_FEATURES: tuple[str, ...] = (
     "step", "in_channels", "out_channels", "kernel_h", "kernel_w", "stride", "params",
@@ -111,6 +111,10 @@ class SparsitySpace(UnitSpace):
         return (v - self.mid) / (self.high - self.mid)
 
 
+#: The env's ``__init__`` signature, made from its settings table.
+_SIGNATURE = table_signature(SETTINGS)
+
+
 class WeightSparseEnv(ModelCompressionEnv):
     """Per-layer weight sparsity under an overall sparsity target.
 
@@ -149,33 +153,12 @@ class WeightSparseEnv(ModelCompressionEnv):
     floor_kwarg: ClassVar[str] = "the sparsest layers"
     ratio_key: ClassVar[str | None] = None
 
-    def __init__(
-        self,
-        model: str | nn.Module = "mobilenet_v1",
-        dataset: str = "cifar10",
-        *,
-        checkpoint: str | None = None,
-        data_root: str | None = None,
-        input_size: int | None = None,
-        sparsity: float = 0.75,
-        reg_iters: int = 0,
-        reg_images: int = 128,
-        reg_lr: float = 1e-3,
-        ft_iters: int = 100,
-        ft_batch_size: int = 64,
-        ft_lr: float | None = None,
-        reward: str = "accuracy",
-        reward_split: str = "val",
-        reward_samples: int = 5000,
-        bn_batches: int = 20,
-        bn_batch_size: int = 128,
-        bn_augment: bool = True,
-        device: str = "cpu",
-        cache: bool = True,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
-        super().__init__(dict(locals()), unknown)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = bind_settings(_SIGNATURE, (self, *args), kwargs)
+        settings["__class__"] = WeightSparseEnv  # what this signature's locals() held: fingerprints unchanged
+        super().__init__(settings, settings["unknown"])
+
+    __init__.__signature__ = _SIGNATURE  # made from SETTINGS: the keywords and their defaults
 
     # -- the method ------------------------------------------------------------------------------
     def _setup_method(self) -> None:
