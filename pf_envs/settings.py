@@ -168,6 +168,12 @@ def bind_settings(signature: inspect.Signature, args: Sequence[Any], kwargs: Map
     Raises:
         TypeError: too many positional arguments, or one given twice.
     """
-    bound = signature.bind(*args, **kwargs)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        name = type(args[0]).__name__ if args else "the env"
+        positional = [p.name for p in signature.parameters.values() if p.kind is p.POSITIONAL_OR_KEYWORD][1:]
+        raise TypeError(f"{name}: {exc}; only {positional} may be given by position, every other setting "
+                        "by keyword") from None
     bound.apply_defaults()
     return dict(bound.arguments)
