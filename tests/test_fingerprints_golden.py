@@ -38,7 +38,7 @@ EXTRA: list[tuple[str, dict[str, Any]]] = [
     ("ChannelPrune-ResNet20-v0", {"flops_budget": 0.3, "ft_iters": 0, "reward_samples": 1000}),
     ("ChannelPrune-ResNet20-v0", {"selection": "l1", "reconstruct": False, "channel_round": 2}),
     ("ChannelPrune-MobileNetV1-v0", {"reward": "acc_log_flops", "ft_lr": 0.01, "bn_augment": False}),
-    ("ChannelPrune-v0", {"model": "resnet20"}),
+    ("ChannelPrune-v0", {"model": "mobilenet_v1"}),  # = ChannelPrune-MobileNetV1-v0 at its defaults
     ("DisChnPrune-ResNet20-v0", {"aux_weight": 0.5, "ft_iters": 0}),
     ("WeightSparse-ResNet20-v0", {"sparsity": 0.9, "reg_iters": 0}),
     ("UniformQuant-ResNet20-v0", {"avg_bits": 4.0, "bn_mode": "reestimate"}),
