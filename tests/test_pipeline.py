@@ -28,8 +28,8 @@ def test_a_stage_streams_its_output_and_the_log_keeps_it(tmp_path, capsys):
     from pf_deploy.job import JobInterrupted, StageError, _run
 
     log = tmp_path / "pipeline.log"
-    _run("one", [sys.executable, "-c", "import sys; print('epoch 1/1'); print('50%|#####', end='\\r', file=sys.stderr)"],
-         log)
+    stage = "import sys; print('epoch 1/1'); print('50%|#####', end='\\r', file=sys.stderr)"
+    _run("one", [sys.executable, "-c", stage], log)
     assert "epoch 1/1" in capsys.readouterr().out
     text = log.read_text()
     assert "[one] $" in text and "epoch 1/1" in text and "50%|#####" in text
