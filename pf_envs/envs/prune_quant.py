@@ -193,8 +193,8 @@ class PruneQuantLatency:
             p8 = v[self.terms[producer].precision] == INT8
             if any((v[self.terms[c].precision] == INT8) != p8 for c in consumers):
                 n += 1
-                elements += full * (v[keep_unit] if keep_unit is not None else 1.0)
-        return n, elements
+                elements += full * (float(v[keep_unit]) if keep_unit is not None else 1.0)
+        return n, float(elements)
 
     def __call__(self, values: Sequence[float]) -> float:
         n, elements = self.boundaries(values)
@@ -421,8 +421,8 @@ class PruneQuantEnv(ModelCompressionEnv):
                 values = self._uniform_values(w, lambda li, p=phase: INT8 if (li + p) % 2 == 0 else FP32)
                 measured = end_to_end_ms(path, batch=batch, runs=runs, threads=self.threads).min_ms
                 n, elements = plain.boundaries(values)
-                samples.append({"width": w, "phase": phase, "measured_ms": measured, "layers_ms": plain(values),
-                                "boundaries": n, "elements": elements})
+                samples.append({"width": float(w), "phase": phase, "measured_ms": float(measured),
+                                "layers_ms": float(plain(values)), "boundaries": int(n), "elements": float(elements)})
         a, b = fit_boundary_cost([x["boundaries"] for x in samples], [x["elements"] for x in samples],
                                  [x["measured_ms"] - x["layers_ms"] for x in samples])
         table.update(boundary_ms=a, boundary_ms_per_element=b, boundary_samples=samples)
@@ -495,6 +495,45 @@ class PruneQuantEnv(ModelCompressionEnv):
 
     def _later_cost(self, t: int) -> float:
         return CompressionEnv._later_cost(self, t)
+
+    def _completions(self, t: int) -> list[list[float]]:
+        """The completions after unit ``t`` the clamp may count on: every later group at its
+        smallest count, every later layer in int8, or every later layer in fp32 (a prefix that
+        ends in fp32 converts once more to go int8; the all-int8 completion alone would price
+        the dense fp32 model above itself). Closed under the steps: each completion's next
+        value leaves the same completion for the rest."""
+        out = []
+        for bits in (INT8, FP32):
+            out.append([s.values[0] if self.units[u][0] == KEEP else bits
+                        for u, s in enumerate(self.unit_spaces) if u > t])
+        return out
+
+    def _clamp(self, t: int, wanted: float) -> float:
+        """AMC's clamp over :meth:`_completions`: ``wanted`` if one of them keeps the policy
+        within the budget; else the dearest allowed value below ``wanted`` that does; else the
+        cheapest above it that does (a precision step after fp32 layers may have to stay fp32
+        when converting back would cost more than int8 saves). One always does: the completion
+        that admitted the previous step."""
+        assert self.cost is not None
+        head = list(self.applied[:t])
+        tails = self._completions(t)
+        slack = self.budget_limit * (1 + 1e-9)
+
+        def fits(v: float) -> bool:
+            return min(self.cost(head + [v] + tail) for tail in tails) <= slack
+
+        if fits(wanted):
+            return wanted
+        grid = list(self.unit_spaces[t].values)
+        below = [g for g in grid if g < wanted]
+        if below and fits(below[0]):  # cost grows with the keep ratio: bisect for the dearest that fits
+            lo, hi = 0, len(below) - 1
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                lo, hi = (mid, hi) if fits(below[mid]) else (lo, mid - 1)
+            return below[lo]
+        above = [g for g in grid if g > wanted and fits(g)]
+        return above[0] if above else grid[0]
 
     def _unit_info(self, t: int, applied: float) -> dict[str, Any]:
         kind, i = self.units[t]
