@@ -310,20 +310,47 @@ def block_edges(onnx_model: Any, layers: Sequence[str]) -> list[BlockEdge]:
 
 
 def fit_boundary_cost(boundaries: Sequence[float], elements: Sequence[float],
-                      extra_ms: Sequence[float]) -> tuple[float, float]:
-    """``(ms per boundary, ms per element)``: the non-negative least-squares fit of
-    ``extra_ms[k] = a * boundaries[k] + b * elements[k]``, where ``extra_ms`` is what mixed
-    models measured beyond the sum of their layers' uniform-precision times, ``boundaries``
-    how many int8 <-> fp32 conversions they run and ``elements`` how many elements those
-    convert (per image).
+                      extra_ms: Sequence[float]) -> tuple[float, float, float]:
+    """``(ms per mixed model, ms per boundary, ms per element)``: the non-negative least-squares
+    fit of ``extra_ms[k] = c + a * boundaries[k] + b * elements[k]`` over mixed-precision
+    models, where ``extra_ms`` is what a model measured beyond the sum of its layers' times
+    (each layer's share of a uniform-precision model's end-to-end time), ``boundaries`` how
+    many int8 <-> fp32 conversions it runs and ``elements`` how many elements those convert
+    (per image). ``c`` is what a graph with both precisions costs once.
 
     Raises:
-        ValueError: fewer than two samples, or lengths that differ.
+        ValueError: fewer than three samples, or lengths that differ.
     """
     from scipy.optimize import nnls
 
-    if not len(boundaries) == len(elements) == len(extra_ms) or len(boundaries) < 2:
-        raise ValueError("fit_boundary_cost needs at least two mixed models, one count, elements and extra ms each")
-    a = np.column_stack([np.asarray(boundaries, np.float64), np.asarray(elements, np.float64) / 1e3])
+    n = len(extra_ms)
+    if not len(boundaries) == len(elements) == n or n < 3:
+        raise ValueError("fit_boundary_cost needs at least three mixed models, one count, elements and extra ms each")
+    a = np.column_stack([np.ones(n), np.asarray(boundaries, np.float64), np.asarray(elements, np.float64) / 1e3])
     coef, _ = nnls(a, np.asarray(extra_ms, np.float64))
-    return float(coef[0]), float(coef[1]) / 1e3
+    return float(coef[0]), float(coef[1]), float(coef[2]) / 1e3
+
+
+def interleaved_end_to_end(
+    paths: Mapping[str, str | os.PathLike[str]], *, batch: int = 1, runs: int = 100, rounds: int = 10,
+    threads: int = 1, warmup: int = 5,
+) -> dict[str, EndToEnd]:
+    """:class:`EndToEnd` of several models timed in interleaved rounds: each of ``rounds``
+    rounds runs every model ``ceil(runs / rounds)`` times in turn. On a shared machine a burst
+    of load then slows every model a little instead of one model a lot, so the minima are
+    comparable across models (timed back to back, a model's minimum depends on when it ran)."""
+    sessions = {k: _session(p, threads) for k, p in paths.items()}
+    feeds = {k: _input(s, batch) for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(warmup):
+            s.run(None, feeds[k])
+    per = max(1, -(-int(runs) // max(1, int(rounds))))
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(max(1, int(rounds))):
+        for k, s in sessions.items():
+            feed = feeds[k]
+            for _ in range(per):
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                times[k].append(time.perf_counter() - t0)
+    return {k: EndToEnd(float(np.min(v) * 1e3), float(np.median(v) * 1e3), len(v)) for k, v in times.items()}

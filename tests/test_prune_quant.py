@@ -50,9 +50,7 @@ def test_registry_ids():
     assert "PruneQuant-v0" in pf_envs.ENV_IDS and all(i in gym.registry for i in MODEL_IDS)
 
 
-def test_isotonic_and_effective_width():
-    assert list(pq.isotonic([1.0, 3.0, 2.0, 4.0])) == [1.0, 2.5, 2.5, 4.0]
-    assert list(pq.isotonic([1.0, 2.0])) == [1.0, 2.0]
+def test_effective_width():
     assert pq.effective_width(0.25, 1.0, True, True, False) == pytest.approx(0.5)
     assert pq.effective_width(0.25, 0.5, True, True, True) == 0.5  # depthwise: its input is its output
     assert pq.effective_width(0.25, 0.5, False, False, False) == 1.0
@@ -65,13 +63,14 @@ def test_latency_model_on_a_chain():
              pq.LayerTerm(0, None, False, 2, xs, (1.0, 2.0), (0.2, 0.4)),
              pq.LayerTerm(None, None, False, 3, (1.0,), (1.0,), (0.9,))]
     edges = [(0, (1,), 0, 1000), (1, (2,), None, 10)]
-    cost = pq.PruneQuantLatency(terms, edges, units=4, boundary_ms=0.1, boundary_ms_per_element=1e-4)
+    cost = pq.PruneQuantLatency(terms, edges, units=4, boundary_ms=0.1, boundary_ms_per_element=1e-4, mixed_ms=0.3)
     assert cost.reference == pytest.approx(2.0 + 2.0 + 1.0)  # dense fp32: no boundary
     assert cost.boundaries([1.0, 32, 32, 32]) == (0, 0.0)
     assert cost.boundaries([0.5, 8, 32, 32]) == (1, 500.0)  # a int8 -> b fp32: half a's channels
     assert cost.boundaries([1.0, 8, 32, 8]) == (2, 1010.0)
     # exact value: a int8 at width 0.5 (0.5), b fp32 at width 0.5 (1.0), c fp32 (1.0), one boundary
-    assert cost([0.5, 8, 32, 32]) == pytest.approx(0.5 + 1.0 + 1.0 + 0.1 + 500 * 1e-4)
+    assert cost([0.5, 8, 32, 32]) == pytest.approx(0.5 + 1.0 + 1.0 + 0.3 + 0.1 + 500 * 1e-4)
+    assert cost([0.5, 8, 8, 8]) == pytest.approx(0.5 + 0.2 + 0.9)  # one precision: no mixed-graph cost
     # grows with the keep ratio at any precisions
     for bits in ([8, 8, 8], [32, 8, 32], [8, 32, 8]):
         assert cost([0.5, *bits]) <= cost([0.75, *bits]) <= cost([1.0, *bits])
@@ -80,13 +79,14 @@ def test_latency_model_on_a_chain():
 
 
 def test_fit_boundary_cost_recovers_known_costs():
-    n = [4, 10, 6, 2]
-    e = [1e4, 5e4, 2e4, 8e3]
-    extra = [0.01 * a + 2e-6 * b for a, b in zip(n, e)]
-    a, b = fit_boundary_cost(n, e, extra)
-    assert a == pytest.approx(0.01, rel=1e-6) and b == pytest.approx(2e-6, rel=1e-6)
-    with pytest.raises(ValueError, match="at least two"):
-        fit_boundary_cost([1], [1.0], [0.1])
+    n = [4, 10, 6, 2, 9, 3]
+    e = [1e4, 5e4, 2e4, 8e3, 1e4, 3e4]
+    extra = [0.05 + 0.01 * a + 2e-6 * b for a, b in zip(n, e)]
+    assert fit_boundary_cost(n, e, extra) == pytest.approx((0.05, 0.01, 2e-6), rel=1e-6)
+    c, a, b = fit_boundary_cost(n, e, [0.05 + 0.01 * a for a in n])
+    assert (c, a, b) == pytest.approx((0.05, 0.01, 0.0), abs=1e-9)
+    with pytest.raises(ValueError, match="at least three"):
+        fit_boundary_cost([1, 2], [1.0, 2.0], [0.1, 0.2])
 
 
 # -- the environment on ResNet-20 --------------------------------------------------------------------
@@ -189,7 +189,7 @@ def test_latency_table_is_cached(r20, checkpoints):
         assert u.setup_timing["latency_table_s"] < 1.0
         assert u.cost.reference == r20.unwrapped.cost.reference
         assert u.latency_table["onnxruntime"] == ort.__version__ and u.latency_table["cpu"]
-        assert len(u.latency_table["variants"]) == 3 and len(u.latency_table["boundary_samples"]) == 4
+        assert len(u.latency_table["variants"]) == 3 and len(u.latency_table["boundary_samples"]) == 9
     finally:
         env.close()
 
@@ -204,6 +204,8 @@ def test_bad_inputs(r20, checkpoints):
         make(R20, checkpoints, flops_budget=0.5)
     with pytest.raises(ValueError, match="latency_widths"):
         make(R20, checkpoints, latency_widths=1)
+    with pytest.raises(ValueError, match="latency_twin=True needs a zoo model with an ImageNet-shaped variant"):
+        make(R20, checkpoints, latency_twin=True)
     r20.reset(seed=0)
     with pytest.raises(ValueError, match="finite"):
         r20.step(np.array([np.nan], np.float32))
@@ -213,6 +215,23 @@ def test_bad_inputs(r20, checkpoints):
         u.play_policy([1.0] * 5)
     with pytest.raises(ValueError, match="plays as"):  # 0.3 keep is not on a 16-channel group's grid of 4s
         u.play_policy([0.3 if k == pq.KEEP else pq.INT8 for k, _ in u.units])
+
+
+@pytest.mark.slow  # the 224x224 twin's table: minutes on a shared core
+def test_latency_twin_mobilenet_v1(checkpoints, cifar_root, tmp_path):
+    env = make("PruneQuant-MobileNetV1-v0", checkpoints, latency_twin=True, latency_widths=2, latency_runs=10,
+               latency_budget=1.0)
+    try:
+        u = env.unwrapped
+        assert u.latency_input_size == 224 and u.latency_table["variants"][-1]["fp32_total_ms"] > 1.0
+        values = [u._round_group(i, 0.5) if k == pq.KEEP else pq.INT8 for k, i in u.units]
+        path = u.write_latency_model(values, tmp_path / "twin.onnx")
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        assert sess.get_inputs()[0].shape[2:] == [224, 224] and sess.get_outputs()[0].shape[1] == 1000
+        _, info = play(env, lambda t: -1.0, dry_run=True)
+        assert info["cost_ratio"] < 1.0
+    finally:
+        env.close()
 
 
 def test_export_needs_an_episode(checkpoints, cifar_root, tmp_path):

@@ -64,8 +64,10 @@ from learners.ort_latency import (
     cpu_name,
     end_to_end_ms,
     fit_boundary_cost,
+    interleaved_end_to_end,
     layer_blocks,
-    measure_layer_latency,
+    per_layer_ms,
+    profile_kernels,
 )
 from learners.recovery import recover
 from pf_envs.budget import UnitSpace
@@ -76,12 +78,13 @@ from pf_envs.envs.channel_prune import SETTINGS as CHANNEL_SETTINGS
 from pf_envs.envs.channel_prune import ChannelPruneEnv, channel_table
 from pf_envs.envs.quant_ort import FP32, INT8, policy_digest
 from pf_envs.envs.quant_ort import SETTINGS as QUANT_SETTINGS
+from pf_envs.export_source import TWIN_INPUT_SIZE
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv, count_params
 from pf_envs.rewards import Measurements
 from pf_envs.settings import Setting
 
 #: Bumped whenever the candidate, its scoring or the latency model changes (recovery fingerprint).
-PRUNE_QUANT_VERSION = 1
+PRUNE_QUANT_VERSION = 3
 KEEP, PRECISION = "keep", "precision"
 
 OBSERVATION_FEATURES: tuple[str, ...] = (
@@ -99,23 +102,11 @@ SETTINGS: dict[str, Setting] = {
                                       "latency_runs", "measure_runs")},
     "calibration_images": Setting("int", low=1, doc="training images ORT's calibrator sees, per candidate"),
     "latency_widths": Setting("int", low=2, doc="uniform widths (min_keep .. 1) the latency table is profiled at"),
+    "latency_twin": Setting("bool", doc="price latency on the zoo's ImageNet-shaped 224x224 twin (random weights)"),
 }
 
 
 # -- the latency model ------------------------------------------------------------------------------
-def isotonic(ys: Sequence[float]) -> np.ndarray:
-    """The non-decreasing sequence nearest to ``ys`` in least squares (pool adjacent
-    violators): a noisy table made monotone without lifting it to its worst sample."""
-    blocks: list[list[float]] = []  # [mean, count]
-    for y in ys:
-        blocks.append([float(y), 1.0])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, n2 = blocks.pop()
-            m1, n1 = blocks.pop()
-            blocks.append([(m1 * n1 + m2 * n2) / (n1 + n2), n1 + n2])
-    return np.concatenate([np.full(int(n), m) for m, n in blocks])
-
-
 @dataclass(frozen=True)
 class LayerTerm:
     """One layer in :class:`PruneQuantLatency`: the units that set its input and output channels
@@ -142,21 +133,24 @@ class PruneQuantLatency:
     """Predicted ONNX Runtime latency (ms) of a PruneQuant policy: a :class:`pf_envs.budget.Cost`.
 
     ``sum over layers of time(precision, width)`` (each layer interpolated in its measured
-    widths) ``+ sum over int8 <-> fp32 boundaries of (boundary_ms + boundary_ms_per_element x
-    elements)``, a boundary being a tensor written by a block in one precision and read by a
-    block in the other (once per tensor and direction, as ORT converts it once). Grows with
-    every keep ratio; the reference is the dense fp32 model. Not monotone in a precision unit
-    where int8 is slower than fp32 or where a conversion costs more than int8 saves: the clamp
-    keeps the budget reachable all the same (it only ever needs the cheap completion, min_keep
-    and int8 everywhere, to fit, which it checks before every step).
+    widths) ``+ mixed_ms`` (once, if the policy has
+    both precisions) ``+ sum over int8 <-> fp32 boundaries of (boundary_ms +
+    boundary_ms_per_element x elements)``, a boundary being a
+    tensor written by a block in one precision and read by a block in the other (once per
+    tensor and direction, as ORT converts it once). Grows with every keep ratio; the reference
+    is the dense fp32 model. Not monotone in a precision unit (int8 can be slower than fp32,
+    a conversion can cost more than int8 saves): the env's clamp
+    (:meth:`PruneQuantEnv._clamp`) counts on two completions, not on one cheapest value.
     """
 
     name = "latency_ms"
     increasing = True
 
     def __init__(self, terms: Sequence[LayerTerm], edges: Sequence[tuple[int, tuple[int, ...], int | None, int]],
-                 units: int, boundary_ms: float = 0.0, boundary_ms_per_element: float = 0.0) -> None:
+                 units: int, boundary_ms: float = 0.0, boundary_ms_per_element: float = 0.0,
+                 mixed_ms: float = 0.0) -> None:
         self.terms, self.edges, self.units = list(terms), list(edges), int(units)
+        self.mixed_ms = float(mixed_ms)
         self.boundary_ms, self.boundary_ms_per_element = float(boundary_ms), float(boundary_ms_per_element)
         self._xs = [np.asarray(t.xs) for t in self.terms]
         self._ys = [(np.asarray(t.int8_ms), np.asarray(t.fp32_ms)) for t in self.terms]
@@ -198,7 +192,8 @@ class PruneQuantLatency:
 
     def __call__(self, values: Sequence[float]) -> float:
         n, elements = self.boundaries(values)
-        return float(sum(self.layer_ms(values)) + n * self.boundary_ms + elements * self.boundary_ms_per_element)
+        return float(sum(self.layer_ms(values)) + (self.mixed_ms if n else 0.0) + n * self.boundary_ms
+                     + elements * self.boundary_ms_per_element)
 
 
 # -- the environment -----------------------------------------------------------------------------------
@@ -221,7 +216,14 @@ class PruneQuantEnv(ModelCompressionEnv):
         threads: ONNX Runtime intra-op threads (reward, latency; default 1).
         latency_batch / latency_runs: images per run and profiled runs per model for the table.
         latency_widths: uniform widths (``min_keep`` .. 1, evenly spaced) profiled for the
-            table (default 5); between them each layer is interpolated.
+            table (default 13: every count of ResNet-20's grid); between them each layer is
+            interpolated.
+        latency_twin: price latency on the zoo's ImageNet-shaped twin of the model at 224x224
+            (random weights, the candidate's channel counts; what ``benchmarks/deploy.py`` times
+            as the deployment-size model): the table, the budget and the conversions are the
+            twin's, the accuracy stays the CIFAR model's. Zoo models with an ImageNet variant
+            only (MobileNet-V1 / V2). No ``latency_ms_measured`` then (the candidate itself
+            runs at 32x32); ``write_latency_model`` writes a policy's twin.
         measure_runs: timed runs of each scored candidate (``latency_ms_measured``; 0: none).
         reward, reward_split, reward_samples, device, cache, render_mode: as every model env.
     """
@@ -270,7 +272,8 @@ class PruneQuantEnv(ModelCompressionEnv):
         threads: int = 1,
         latency_batch: int = 1,
         latency_runs: int = 300,
-        latency_widths: int = 5,
+        latency_widths: int = 13,
+        latency_twin: bool = False,
         measure_runs: int = 50,
         reward: str = "accuracy",
         reward_split: str = "val",
@@ -292,6 +295,11 @@ class PruneQuantEnv(ModelCompressionEnv):
         self.latency_budget = float(s["latency_budget"])
         self.min_keep = float(s["min_keep"])
         self.threads, self.measure_runs = int(s["threads"]), int(s["measure_runs"])
+        self.latency_twin = bool(s["latency_twin"])
+        if self.latency_twin and (self.spec is None or "imagenet" not in self.spec.builders):
+            raise ValueError(f"latency_twin=True needs a zoo model with an ImageNet-shaped variant (mobilenet_v1, "
+                             f"mobilenet_v2); {self.model_name} has none: leave latency_twin False")
+        self.latency_input_size = TWIN_INPUT_SIZE if self.latency_twin else self.input_size
         self.quant_options = {"activation_type": s["activation_type"], "reduce_range": bool(s["reduce_range"]),
                               "per_channel": bool(s["per_channel"])}
         round_default = self.spec.channel_round if self.spec is not None else 8
@@ -314,6 +322,10 @@ class PruneQuantEnv(ModelCompressionEnv):
         graph = oq.load_onnx(self.prep_path)
         position = {n.name: i for i, n in enumerate(graph.graph.node)}
         self.layers = sorted(node_of, key=lambda name: position[node_of[name]])
+        if self.latency_twin:  # the conversions' sizes are the twin's
+            twin = ox.export_onnx(self._latency_model({}), Path(self._tmp.name) / "twin.onnx",
+                                  input_size=self.latency_input_size)
+            graph = oq.load_onnx(oq.preprocess(twin, Path(self._tmp.name) / "twin.prep.onnx"))
         self.edges: list[BlockEdge] = block_edges(graph, self.layers)
 
         # the units: a keep step where a layer opens a prunable group, then its precision step
@@ -339,7 +351,8 @@ class PruneQuantEnv(ModelCompressionEnv):
         key = cache_key("prune-quant-latency", version=PRUNE_QUANT_VERSION, model=self.model_fingerprint,
                         layers=self.layers, groups=self.step_groups, round=self.channel_round, widths=widths,
                         options=self.quant_options, batch=int(s["latency_batch"]), runs=int(s["latency_runs"]),
-                        threads=self.threads, size=self.input_size, cpu=cpu_name(), ort=self._ort_version)
+                        threads=self.threads, size=self.latency_input_size, twin=self.latency_twin, cpu=cpu_name(),
+                        ort=self._ort_version)
         self.latency_table: dict[str, Any] = cached(key, lambda: self._measure_table(widths),
                                                     enabled=self.cache_enabled)
         cost = self._cost(self.latency_table)
@@ -372,60 +385,101 @@ class PruneQuantEnv(ModelCompressionEnv):
         return effective_width(ratios.get(g_in, 1.0), ratios.get(g_out, 1.0), t_in, t_out,
                                self.table[name].kind == "depthwise")
 
-    def _write_variant(self, ratios: dict[int, float], folder: Path) -> tuple[Path, Path, dict[str, list[str]]]:
-        """The structurally pruned model at ``ratios`` (weights irrelevant: L1 selection, no
-        reconstruction), pre-processed, and its all-int8 twin calibrated on random images."""
-        counts = {g: int(round(r * self.table.groups[g].channels)) for g, r in ratios.items()}
+    def _latency_model(self, counts: dict[int, int]) -> nn.Module:
+        """The model whose latency the table prices, with ``counts`` channels kept per group:
+        pruned structurally (L1 selection, no reconstruction: the weights do not change the
+        time), or its ImageNet-shaped twin with ``latency_twin``."""
         pruned, _ = ChannelPruner(self.model, self.table.groups, None, selection="l1", reconstruct=False).prune(counts)
-        fp32 = ox.export_onnx(pruned, folder / "model.onnx", input_size=self.input_size)
+        if not self.latency_twin:
+            return pruned
+        from pf_envs.export_source import ExportSource, imagenet_twin
+
+        assert self.spec is not None
+        src = ExportSource(pruned, self.spec.name, "compressed", self.data, self.input_size,
+                           tuple(self.data.train.mean), tuple(self.data.train.std), [])
+        return imagenet_twin(src)
+
+    def _write_variant(self, ratios: dict[int, float], folder: Path) -> tuple[Path, Path, dict[str, list[str]]]:
+        """The latency model at ``ratios`` (:meth:`_latency_model`), pre-processed, and its
+        all-int8 version calibrated on random images (the ranges do not change the time)."""
+        counts = {g: int(round(r * self.table.groups[g].channels)) for g, r in ratios.items()}
+        size = self.latency_input_size
+        fp32 = ox.export_onnx(self._latency_model(counts), folder / "model.onnx", input_size=size)
         prep = oq.preprocess(fp32, folder / "model.prep.onnx")
         rng = np.random.default_rng(0)
-        batch = rng.standard_normal((8, 3, self.input_size, self.input_size)).astype(np.float32)
+        batch = rng.standard_normal((8, 3, size, size)).astype(np.float32)
         ranges = oq.calibrate(prep, [batch])
         int8 = oq.quantize_int8(prep, folder / "model.int8.onnx", ranges, **self.quant_options)
         blocks = layer_blocks(prep, self.layers)
         self._variant_ranges = ranges
         return prep, int8, blocks
 
+    #: Precision patterns of the mixed models the boundary cost is fitted on (layer index ->
+    #: int8?): alternating (the most conversions), runs of three, and a seeded coin per layer.
+    MIX_PATTERNS: ClassVar[dict[str, Any]] = {
+        "alternate": lambda li: li % 2 == 0,
+        "runs-of-3": lambda li: (li // 3) % 2 == 0,
+        "coin": lambda li: bool(np.random.default_rng(1000 + li).random() < 0.5),
+    }
+
     def _measure_table(self, widths: Sequence[float]) -> dict[str, Any]:
-        """Profile the model at every uniform width, all-fp32 and all-int8
-        (:func:`learners.ort_latency.measure_layer_latency`), then time alternating-precision
-        models and fit the cost of an int8 <-> fp32 boundary to what they add."""
+        """Profile the model at every uniform width, all-fp32 and all-int8 (ORT's profiler:
+        each layer's share), time those models and mixed-precision ones at three widths in
+        interleaved rounds (:func:`learners.ort_latency.interleaved_end_to_end`: the totals the
+        shares are scaled to), and fit the cost of an int8 <-> fp32 boundary to what the mixed
+        models take beyond the sum of their layers."""
         s = self.settings
         batch, runs = int(s["latency_batch"]), int(s["latency_runs"])
-        variants = []
-        mixed_paths: list[tuple[float, int, Path]] = []
+        shares: dict[str, dict[str, float]] = {}
+        paths: dict[str, Path] = {}
+        ratios_of: dict[int, dict[int, float]] = {}
+        mixes: list[tuple[str, float, str]] = []
+        mix_widths = {0, len(widths) // 2, len(widths) - 1}
         with tempfile.TemporaryDirectory(prefix="pf-pq-table-") as tmp:
             for i, w in enumerate(widths):
-                ratios = self._group_ratios(w)
+                ratios_of[i] = self._group_ratios(w)
                 folder = Path(tmp) / f"w{i}"
                 folder.mkdir()
-                prep, int8, blocks = self._write_variant(ratios, folder)
-                lat = measure_layer_latency(prep, int8, self.layers, batch=batch, runs=runs, threads=self.threads)
-                variants.append({"width": w, "ratios": {str(g): r for g, r in ratios.items()},
-                                 "layer_widths": [self._layer_width(li, ratios) for li in range(len(self.layers))],
-                                 "fp32_ms": list(lat.fp32_ms), "int8_ms": list(lat.int8_ms),
-                                 "fp32_total_ms": lat.fp32_total_ms, "int8_total_ms": lat.int8_total_ms})
-                if i in (0, len(widths) - 1):  # mixed models at the narrowest and the full width
-                    for phase in (0, 1):
-                        exclude = [n for li, name in enumerate(self.layers) if (li + phase) % 2 for n in blocks[name]]
-                        path = oq.quantize_int8(prep, folder / f"mixed{phase}.onnx", self._variant_ranges,
-                                                exclude_nodes=exclude, **self.quant_options)
-                        mixed_paths.append((w, phase, path))
-            table = {"layers": list(self.layers), "variants": variants, "boundary_ms": 0.0,
-                     "boundary_ms_per_element": 0.0, "batch": batch, "runs": runs, "threads": self.threads,
-                     "cpu": cpu_name(), "onnxruntime": self._ort_version}
-            plain = self._cost(table)
-            samples = []
-            for w, phase, path in mixed_paths:
-                values = self._uniform_values(w, lambda li, p=phase: INT8 if (li + p) % 2 == 0 else FP32)
-                measured = end_to_end_ms(path, batch=batch, runs=runs, threads=self.threads).min_ms
-                n, elements = plain.boundaries(values)
-                samples.append({"width": float(w), "phase": phase, "measured_ms": float(measured),
-                                "layers_ms": float(plain(values)), "boundaries": int(n), "elements": float(elements)})
-        a, b = fit_boundary_cost([x["boundaries"] for x in samples], [x["elements"] for x in samples],
-                                 [x["measured_ms"] - x["layers_ms"] for x in samples])
-        table.update(boundary_ms=a, boundary_ms_per_element=b, boundary_samples=samples)
+                prep, int8, blocks = self._write_variant(ratios_of[i], folder)
+                for prec, path in (("fp32", prep), ("int8", int8)):
+                    kernels = profile_kernels(path, batch=batch, runs=runs, threads=self.threads)
+                    shares[f"w{i}-{prec}"] = per_layer_ms(kernels, self.layers)
+                    paths[f"w{i}-{prec}"] = path
+                if i in mix_widths:
+                    for name, pattern in self.MIX_PATTERNS.items():
+                        exclude = [n for li, layer in enumerate(self.layers) if not pattern(li)
+                                   for n in blocks[layer]]
+                        key = f"w{i}-{name}"
+                        paths[key] = oq.quantize_int8(prep, folder / f"{name}.onnx", self._variant_ranges,
+                                                      exclude_nodes=exclude, **self.quant_options)
+                        mixes.append((key, w, name))
+            timed = interleaved_end_to_end(paths, batch=batch, runs=runs, rounds=10, threads=self.threads)
+        variants = []
+        for i, w in enumerate(widths):
+            row: dict[str, Any] = {
+                "width": float(w), "ratios": {str(g): r for g, r in ratios_of[i].items()},
+                "layer_widths": [self._layer_width(li, ratios_of[i]) for li in range(len(self.layers))]}
+            for prec in ("fp32", "int8"):
+                per, total = shares[f"w{i}-{prec}"], timed[f"w{i}-{prec}"].min_ms
+                profiled = sum(per.values())
+                row[f"{prec}_ms"] = [float(per[n] * total / profiled) for n in self.layers]
+                row[f"{prec}_total_ms"] = float(total)
+                row[f"{prec}_profiled_ms"] = float(profiled)
+            variants.append(row)
+        table = {"layers": list(self.layers), "variants": variants, "mixed_ms": 0.0, "boundary_ms": 0.0,
+                 "boundary_ms_per_element": 0.0, "batch": batch, "runs": runs, "threads": self.threads,
+                 "cpu": cpu_name(), "onnxruntime": self._ort_version}
+        plain = self._cost(table)
+        samples = []
+        for key, w, name in mixes:
+            pattern = self.MIX_PATTERNS[name]
+            values = self._uniform_values(w, lambda li, f=pattern: INT8 if f(li) else FP32)
+            n, elements = plain.boundaries(values)
+            samples.append({"model": key, "width": float(w), "measured_ms": float(timed[key].min_ms),
+                            "layers_ms": float(plain(values)), "boundaries": int(n), "elements": float(elements)})
+        c, a, b = fit_boundary_cost([x["boundaries"] for x in samples], [x["elements"] for x in samples],
+                                    [x["measured_ms"] - x["layers_ms"] for x in samples])
+        table.update(mixed_ms=c, boundary_ms=a, boundary_ms_per_element=b, boundary_samples=samples)
         return table
 
     def _uniform_values(self, width: float, precision) -> list[float]:
@@ -447,8 +501,8 @@ class PruneQuantEnv(ModelCompressionEnv):
                 self.keep_unit.get(g_in) if g_in is not None else None,
                 self.keep_unit.get(g_out) if g_out is not None else None,
                 self.table[name].kind == "depthwise", self.precision_unit[li], tuple(xs),
-                tuple(isotonic([float(np.median(pts[x][0])) for x in xs])),
-                tuple(isotonic([float(np.median(pts[x][1])) for x in xs])),
+                tuple(float(np.median(pts[x][0])) for x in xs),
+                tuple(float(np.median(pts[x][1])) for x in xs),
             ))
         index = {n: i for i, n in enumerate(self.layers)}
         edges = []
@@ -456,7 +510,8 @@ class PruneQuantEnv(ModelCompressionEnv):
             g = self.table.out_group.get(e.producer)
             edges.append((index[e.producer], tuple(index[c] for c in e.consumers),
                           self.keep_unit.get(g) if g is not None else None, e.elements))
-        return PruneQuantLatency(terms, edges, len(self.units), table["boundary_ms"], table["boundary_ms_per_element"])
+        return PruneQuantLatency(terms, edges, len(self.units), table["boundary_ms"], table["boundary_ms_per_element"],
+                                 table["mixed_ms"])
 
     def _static_row(self, u: int, cost: PruneQuantLatency) -> list[float]:
         kind, i = self.units[u]
@@ -596,6 +651,22 @@ class PruneQuantEnv(ModelCompressionEnv):
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
+    def write_latency_model(self, values: Sequence[float], path: str | Path) -> Path:
+        """The ONNX model whose latency the table predicts for the policy ``values`` (unit
+        order): its channel counts and precisions on :meth:`_latency_model` (the candidate's
+        architecture with other weights, or its 224x224 twin with ``latency_twin``). What
+        ``benchmarks/prune_quant_latency.py --latency-models`` times."""
+        from learners.atomic import atomic_write
+
+        with tempfile.TemporaryDirectory(prefix="latmodel-", dir=self._tmp.name) as tmp:
+            prep, int8, blocks = self._write_variant(
+                {g: c / self.table.groups[g].channels for g, c in self.keep_counts(values).items()}, Path(tmp))
+            precisions = self.precisions(values)
+            if "int8" not in precisions:
+                return atomic_write(path, lambda t: shutil.copyfile(prep, t))
+            exclude = [n for name, p in zip(self.layers, precisions) if p == "fp32" for n in blocks[name]]
+            return oq.quantize_int8(prep, path, self._variant_ranges, exclude_nodes=exclude, **self.quant_options)
+
     def _key(self, values: Sequence[float]) -> str:
         return policy_digest(list(values) + ([float(self._ft_seed)] if self.recipe.ft_iters else []))
 
@@ -632,7 +703,7 @@ class PruneQuantEnv(ModelCompressionEnv):
             timing["ort_eval_s"] = time.perf_counter() - t1
             t1 = time.perf_counter()
             measured = (end_to_end_ms(sess, batch=self.latency_table["batch"], runs=self.measure_runs).min_ms
-                        if self.measure_runs else None)
+                        if self.measure_runs and not self.latency_twin else None)
             timing["measure_s"] = time.perf_counter() - t1
             del sess
             self._memo[key] = (acc, acc_fp32, measured, count_params(model))
