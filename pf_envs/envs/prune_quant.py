@@ -300,6 +300,8 @@ class PruneQuantEnv(ModelCompressionEnv):
             raise ValueError(f"latency_twin=True needs a zoo model with an ImageNet-shaped variant (mobilenet_v1, "
                              f"mobilenet_v2); {self.model_name} has none: leave latency_twin False")
         self.latency_input_size = TWIN_INPUT_SIZE if self.latency_twin else self.input_size
+        # the zoo name (gym.make later puts its own EnvSpec in self.spec)
+        self._zoo_name = self.spec.name if self.spec is not None else None
         self.quant_options = {"activation_type": s["activation_type"], "reduce_range": bool(s["reduce_range"]),
                               "per_channel": bool(s["per_channel"])}
         round_default = self.spec.channel_round if self.spec is not None else 8
@@ -394,8 +396,8 @@ class PruneQuantEnv(ModelCompressionEnv):
             return pruned
         from pf_envs.export_source import ExportSource, imagenet_twin
 
-        assert self.spec is not None
-        src = ExportSource(pruned, self.spec.name, "compressed", self.data, self.input_size,
+        assert self._zoo_name is not None
+        src = ExportSource(pruned, self._zoo_name, "compressed", self.data, self.input_size,
                            tuple(self.data.train.mean), tuple(self.data.train.std), [])
         return imagenet_twin(src)
 
