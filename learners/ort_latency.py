@@ -218,3 +218,109 @@ def measure_layer_latency(
         tuple(layers), tuple(shares[0]), tuple(shares[1]), totals[0], totals[1], profiled[0], profiled[1],
         int(batch), int(runs), int(threads), cpu_name(), onnxruntime.__version__,
     )
+
+
+# -- channel counts: per-layer tables at several widths, and the int8 <-> fp32 boundaries ------
+@dataclass(frozen=True)
+class BlockEdge:
+    """A tensor that one layer's block (:func:`layer_blocks`) hands to other blocks: where an
+    fp32 and an int8 block meet, ONNX Runtime runs a QuantizeLinear or DequantizeLinear on it
+    (and re-lays it out between its fp32 NCHWc and its int8 NHWC kernels).
+
+    Attributes:
+        tensor: the tensor's name in the pre-processed graph.
+        producer: the layer whose block writes it.
+        consumers: the layers whose blocks read it (in graph order).
+        elements: its elements per image at full width (shape without the batch dimension).
+    """
+
+    tensor: str
+    producer: str
+    consumers: tuple[str, ...]
+    elements: int
+
+
+def block_edges(onnx_model: Any, layers: Sequence[str]) -> list[BlockEdge]:
+    """The tensors that cross from one layer's block to another's (:class:`BlockEdge`), in
+    graph order. The network input and output are not edges: their Q / DQ belong to the first
+    and last layer's int8 block in every profile.
+
+    Raises:
+        QuantizationError: an edge tensor has no static shape (pre-process the graph first:
+            :func:`learners.ort_quant.preprocess` infers every shape).
+    """
+    import onnx
+
+    graph = load_onnx(onnx_model) if isinstance(onnx_model, (str, os.PathLike)) else onnx_model
+    if not any(True for _ in graph.graph.value_info):
+        graph = onnx.shape_inference.infer_shapes(graph)
+    owner = assign_nodes([n.name for n in graph.graph.node], layers)
+    made_by: dict[str, str] = {}
+    read_by: dict[str, list[str]] = {}
+    for node in graph.graph.node:
+        for out in node.output:
+            made_by[out] = owner[node.name]
+    for node in graph.graph.node:
+        for inp in node.input:
+            src = made_by.get(inp)
+            if src is not None and src != owner[node.name] and owner[node.name] not in read_by.setdefault(inp, []):
+                read_by[inp].append(owner[node.name])
+    shapes = {v.name: v.type.tensor_type.shape for v in list(graph.graph.value_info) + list(graph.graph.output)}
+    edges = []
+    for tensor, consumers in read_by.items():
+        if not consumers:
+            continue
+        shape = shapes.get(tensor)
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim] if shape is not None else [None]
+        if len(dims) < 2 or any(d is None for d in dims[1:]):
+            raise QuantizationError(f"tensor {tensor!r} between layer blocks has no static shape ({dims}); pass the "
+                                    "pre-processed graph (learners.ort_quant.preprocess)")
+        edges.append(BlockEdge(tensor, made_by[tensor], tuple(consumers), int(np.prod(dims[1:]))))
+    return edges
+
+
+def fit_boundary_cost(boundaries: Sequence[float], elements: Sequence[float],
+                      extra_ms: Sequence[float]) -> tuple[float, float, float]:
+    """``(ms per mixed model, ms per boundary, ms per element)``: the non-negative least-squares
+    fit of ``extra_ms[k] = c + a * boundaries[k] + b * elements[k]`` over mixed-precision
+    models, where ``extra_ms`` is what a model measured beyond the sum of its layers' times
+    (each layer's share of a uniform-precision model's end-to-end time), ``boundaries`` how
+    many int8 <-> fp32 conversions it runs and ``elements`` how many elements those convert
+    (per image). ``c`` is what a graph with both precisions costs once.
+
+    Raises:
+        ValueError: fewer than three samples, or lengths that differ.
+    """
+    from scipy.optimize import nnls
+
+    n = len(extra_ms)
+    if not len(boundaries) == len(elements) == n or n < 3:
+        raise ValueError("fit_boundary_cost needs at least three mixed models, one count, elements and extra ms each")
+    a = np.column_stack([np.ones(n), np.asarray(boundaries, np.float64), np.asarray(elements, np.float64) / 1e3])
+    coef, _ = nnls(a, np.asarray(extra_ms, np.float64))
+    return float(coef[0]), float(coef[1]), float(coef[2]) / 1e3
+
+
+def interleaved_end_to_end(
+    paths: Mapping[str, str | os.PathLike[str]], *, batch: int = 1, runs: int = 100, rounds: int = 10,
+    threads: int = 1, warmup: int = 5,
+) -> dict[str, EndToEnd]:
+    """:class:`EndToEnd` of several models timed in interleaved rounds: each of ``rounds``
+    rounds runs every model ``ceil(runs / rounds)`` times in turn. On a shared machine a burst
+    of load then slows every model a little instead of one model a lot, so the minima are
+    comparable across models (timed back to back, a model's minimum depends on when it ran)."""
+    sessions = {k: _session(p, threads) for k, p in paths.items()}
+    feeds = {k: _input(s, batch) for k, s in sessions.items()}
+    for k, s in sessions.items():
+        for _ in range(warmup):
+            s.run(None, feeds[k])
+    per = max(1, -(-int(runs) // max(1, int(rounds))))
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    for _ in range(max(1, int(rounds))):
+        for k, s in sessions.items():
+            feed = feeds[k]
+            for _ in range(per):
+                t0 = time.perf_counter()
+                s.run(None, feed)
+                times[k].append(time.perf_counter() - t0)
+    return {k: EndToEnd(float(np.min(v) * 1e3), float(np.median(v) * 1e3), len(v)) for k, v in times.items()}

@@ -243,6 +243,12 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         """The allowed value of unit ``t`` nearest to ``value`` (default: the grid's)."""
         return self.unit_spaces[t].round(value)
 
+    def _clamp(self, t: int, wanted: float) -> float:
+        """The value step ``t`` applies for the allowed value ``wanted``: AMC's clamp
+        (:func:`pf_envs.budget.clamp`, every later unit at its cheapest). A method whose cost is
+        not monotone in some unit (PruneQuant: int8 <-> fp32 conversions) overrides it."""
+        return clamp(t, wanted, self.applied, self._visit_spaces, self._visit_cost, self.budget_limit)
+
     def _unit_info(self, t: int, applied: float) -> dict[str, Any]:
         """Extra step ``info`` once unit ``t`` got ``applied`` (e.g. ChannelPrune's counts)."""
         return {}
@@ -327,7 +333,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         u = self.visit_order[t]  # the unit of this step (t itself unless random_order)
         raw = float(np.clip(a[0], -1.0, 1.0))
         wanted = self._round(u, self.unit_spaces[u].to_value(raw))
-        applied = float(clamp(t, wanted, self.applied, self._visit_spaces, self._visit_cost, self.budget_limit))
+        applied = float(self._clamp(t, wanted))
         self.raw_actions.append(raw)
         self.applied.append(applied)
         self._t += 1

@@ -17,6 +17,7 @@ from pf_envs import zoo
 METHODS: dict[str, str] = {
     "ChannelPrune": "pf_envs.envs.channel_prune:ChannelPruneEnv",
     "QuantORT": "pf_envs.envs.quant_ort:QuantORTEnv",
+    "PruneQuant": "pf_envs.envs.prune_quant:PruneQuantEnv",
     "WeightSparse": "pf_envs.envs.weight_sparse:WeightSparseEnv",
     "DisChnPrune": "pf_envs.envs.dis_chn_prune:DisChnPruneEnv",
     "UniformQuant": "pf_envs.envs.uniform_quant:UniformQuantEnv",

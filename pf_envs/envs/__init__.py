@@ -9,6 +9,9 @@
 - :mod:`pf_envs.envs.quant_ort` - ``QuantORT-*``: int8 or fp32 per layer in ONNX Runtime
   (static QDQ quantization), under a measured latency budget; the candidate is the
   deployable ``.onnx``.
+- :mod:`pf_envs.envs.prune_quant` - ``PruneQuant-*``: kept channels and int8/fp32 per layer
+  in one episode (two steps per layer), under a measured ONNX Runtime latency budget; the
+  candidate is the pruned, quantized deployable ``.onnx``.
 - :mod:`pf_envs.envs.uniform_quant` - ``UniformQuant-*``: mixed-precision uniform
   quantization (bits per layer) under an average-bits or bit-operations budget.
 - :mod:`pf_envs.envs.nonuniform_quant` - ``NonUniformQuant-*``: the same with a k-means
