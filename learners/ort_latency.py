@@ -247,7 +247,7 @@ def block_edges(onnx_model: Any, layers: Sequence[str]) -> list[BlockEdge]:
 
     Raises:
         QuantizationError: an edge tensor has no static shape (pre-process the graph first:
-            :func:`learners.ort_quant.preprocess` infers every shape).
+            :func:`learners.ort_int8.preprocess` infers every shape).
     """
     import onnx
 
@@ -274,7 +274,7 @@ def block_edges(onnx_model: Any, layers: Sequence[str]) -> list[BlockEdge]:
         dims = [d.dim_value if d.HasField("dim_value") else None for d in shape.dim] if shape is not None else [None]
         if len(dims) < 2 or any(d is None for d in dims[1:]):
             raise QuantizationError(f"tensor {tensor!r} between layer blocks has no static shape ({dims}); pass the "
-                                    "pre-processed graph (learners.ort_quant.preprocess)")
+                                    "pre-processed graph (learners.ort_int8.preprocess)")
         edges.append(BlockEdge(tensor, made_by[tensor], tuple(consumers), int(np.prod(dims[1:]))))
     return edges
 

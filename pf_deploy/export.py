@@ -174,6 +174,55 @@ def write_bundle(
     return manifest
 
 
+def write_env_bundle(env: Any, out_dir: str | os.PathLike[str], *, test_samples: int | None = None) -> dict[str, Any]:
+    """Write the deploy bundle of an env's last finished episode, for envs whose candidate is
+    already a deployable ONNX graph (``PruneQuant``: pruned, then int8 for the chosen layers):
+    ``model.onnx`` (the pruned fp32 model), ``model.int8.onnx`` (the mixed model the episode
+    scored), ``test.npz`` and ``manifest.json``. Returns the manifest.
+
+    Args:
+        env: the env (or its wrapper) with a ``deploy_candidate()`` method.
+        test_samples: test images to score both files on and ship (None: the whole test
+            split, 0: none).
+
+    Raises:
+        BundleError: the env has no deployable candidate (no ``deploy_candidate``), or its test
+            split is read from image folders and ``test_samples`` is not 0.
+    """
+    from learners.atomic import atomic_write
+
+    base = getattr(env, "unwrapped", env)
+    if not hasattr(base, "deploy_candidate"):
+        raise BundleError(f"{type(base).__name__} has no deploy candidate of its own; export its compressed model "
+                          "with pf-export --run RUN instead")
+    c = base.deploy_candidate()
+    out_dir = Path(out_dir)
+    test = None
+    if test_samples != 0:
+        split = base.data.split("test")
+        if test_samples is not None:
+            split = split.subset(int(test_samples), seed=0)
+        if not hasattr(split, "images"):
+            raise BundleError(f"the {base.data.name} test split is read from image folders; pass test_samples=0")
+        test = TestSet(split.images.permute(0, 2, 3, 1).contiguous().numpy(), split.labels.numpy().astype(np.int64))
+    manifest = write_bundle(c.model, out_dir, input_size=c.input_size, mean=c.mean, std=c.std,
+                            class_names=c.class_names, macs=c.macs, calibration=None, test=test, source=c.source,
+                            extra=c.extra, log=lambda _m: None)
+    shutil.copyfile(c.int8_path, out_dir / "model.int8.onnx")
+    entry = {"name": "int8", "file": "model.int8.onnx", "precision": "int8", "macs": c.macs, "params": c.params,
+             "size_bytes": (out_dir / "model.int8.onnx").stat().st_size, "test_accuracy": None, "test_images": None}
+    if test is not None:
+        acc, n = ox.accuracy(ox.session(out_dir / "model.int8.onnx", threads=c.threads),
+                             _batches(test, c.mean, c.std))
+        entry.update(test_accuracy=float(acc), test_images=int(n))
+    manifest["models"].append(entry)
+    manifest["quantization"] = dict(c.quantization)
+    validate_manifest(manifest, out_dir)
+    atomic_write(out_dir / MANIFEST_NAME,
+                 lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8"))
+    return manifest
+
+
 def _remove_stale_stages(out_dir: Path) -> None:
     """Remove staging folders of exports to ``out_dir`` whose process is gone (killed)."""
     for d in out_dir.parent.glob(f".{out_dir.name}.tmp*"):

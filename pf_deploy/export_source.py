@@ -24,10 +24,9 @@ import torch
 from torch import nn
 
 from pf_envs import zoo
-from pf_envs.data import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, DatasetBundle, load_dataset
+from pf_envs.data import CIFAR10_CLASSES, DatasetBundle, load_dataset
+from pf_envs.zoo.twin import TWIN_INPUT_SIZE, TWIN_MEAN, TWIN_STD, imagenet_twin_of  # noqa: F401  (the export stage reads them here)
 
-#: Input side of the ImageNet-shaped latency twins.
-TWIN_INPUT_SIZE = 224
 
 
 @dataclass
@@ -150,37 +149,11 @@ def load_export_source(
 
 
 def imagenet_twin(src: ExportSource, *, seed: int = 0) -> nn.Module:
-    """The zoo's ImageNet-shaped variant of ``src``'s architecture (1000 classes, 224x224 input)
-    pruned physically to ``src.model``'s channel counts; weights are random (``seed``): the
-    twin is for latency only.
+    """The latency twin of ``src`` (:func:`pf_envs.zoo.twin.imagenet_twin_of` on its model and
+    architecture).
 
     Raises:
         ValueError: the architecture has no ImageNet variant in the zoo, or its layers do not
             match the source model's.
     """
-    from learners.channel_match import match_channels
-
-    try:
-        spec = zoo.get_spec(src.arch)
-    except KeyError:
-        raise ValueError(f"{src.arch} is not a zoo architecture: no ImageNet-shaped variant to build; "
-                         "drop --imagenet-twin for this model") from None
-    if "imagenet" not in spec.builders:
-        raise ValueError(f"{spec.name} has no ImageNet-shaped variant in the zoo (variants: {sorted(spec.builders)}); "
-                         "drop --imagenet-twin for this model")
-    torch.manual_seed(seed)
-    twin = zoo.create_model(spec.name, "imagenet").eval()
-    head = [n for n, m in twin.named_modules() if isinstance(m, nn.Linear)][-1:]
-    twin = match_channels(twin, src.model, example=torch.zeros(1, 3, 64, 64), keep_outputs=tuple(head))
-    # He init on the pruned widths keeps activations at unit scale through the depth (PyTorch's
-    # default init shrinks them to ~1e-11 by the last layer), so the twin's int8 ranges are not
-    # degenerate.
-    with torch.no_grad():
-        for m in twin.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
-    return twin
-
-
-#: Normalisation of the ImageNet twins (what an ImageNet model of the zoo expects).
-TWIN_MEAN, TWIN_STD = IMAGENET_MEAN, IMAGENET_STD
+    return imagenet_twin_of(src.model, src.arch, seed=seed)

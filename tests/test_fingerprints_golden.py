@@ -33,6 +33,12 @@ from typing import Any
 GOLDEN = Path(__file__).with_name("fingerprints_golden.json")
 #: ids whose model ships no checkpoint: built on seeded random weights.
 UNSHIPPED = ("mobilenet_v2", "resnet56")
+#: ids left out, and why: PruneQuant's recovery fingerprint holds the digest of the latency
+#: table measured on this host at construction (minutes of ONNX Runtime profiling per model, and
+#: machine-dependent: its own tests check that the digest enters the fingerprint);
+#: the surrogate ids' reward is a regressor fitted on a shipped dataset, whose sha256 the
+#: dataset check pins (tests/test_surrogate.py).
+LEFT_OUT_PREFIXES: tuple[str, ...] = ("PruneQuant-", "Surrogate-")
 #: non-default kwargs per id (on top of every id at its defaults).
 EXTRA: list[tuple[str, dict[str, Any]]] = [
     ("ChannelPrune-ResNet20-v0", {"flops_budget": 0.3, "ft_iters": 0, "reward_samples": 1000}),
@@ -59,6 +65,8 @@ def cases() -> list[tuple[str, dict[str, Any]]]:
 
     out = []
     for env_id in sorted(pf_envs.ENV_IDS):
+        if env_id.startswith(LEFT_OUT_PREFIXES):
+            continue
         model = pf_envs.ENV_IDS[env_id]["kwargs"].get("model")
         needs_model = env_id != "Toy-v0" and model is None
         out.append((env_id, {"model": "resnet20"} if needs_model else {}))

@@ -17,10 +17,12 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import pf_envs
-from learners import deploy_bundle as db
-from learners import ort_quant as oq
+from learners import ort_int8 as oq
+from learners.onnx_names import layer_nodes
 from learners.ort_latency import fit_boundary_cost
 from pf_envs.budget import floor_ratio
+from pf_deploy.benchmark import read_manifest
+from pf_deploy.export import write_env_bundle
 from pf_envs.envs import prune_quant as pq
 
 MODEL_IDS = [i for i in pf_envs.env_ids("PruneQuant") if i != "PruneQuant-v0"]
@@ -150,8 +152,11 @@ def test_export_round_trip(r20, tmp_path):
     values = values_of(u, 0.5, lambda li: pq.INT8 if li % 3 else pq.FP32)
     _, info = u.play_policy(values)
     assert 0 < info["boundaries"] and set(info["precisions"]) == {"int8", "fp32"}
-    manifest = u.export(tmp_path / "bundle", test_samples=100)
-    assert db.read_manifest(tmp_path / "bundle") == manifest
+    manifest = write_env_bundle(r20, tmp_path / "bundle", test_samples=100)
+    assert read_manifest(tmp_path / "bundle") == manifest
+    # the env's own export() writes the same deployable int8 graph the bundle ships
+    own = u.export(tmp_path / "own.onnx")
+    assert own.read_bytes() == (tmp_path / "bundle" / "model.int8.onnx").read_bytes()
     entries = {m["name"]: m for m in manifest["models"]}
     assert entries["int8"]["file"] == "model.int8.onnx" and entries["int8"]["test_images"] == 100
     assert manifest["quantization"]["precisions"] == dict(zip(u.layers, info["precisions"]))
@@ -162,7 +167,7 @@ def test_export_round_trip(r20, tmp_path):
     assert float((logits.argmax(1) == u._reward_y).mean()) == info["accuracy"]
     # the layers the policy kept in fp32 are fp32 in the graph, the others int8
     got = oq.node_precisions(path)
-    node_of = oq.layer_nodes(u.compressed_model(), path)
+    node_of = layer_nodes(u.compressed_model(), path)
     assert [got[node_of[n]] for n in u.layers] == info["precisions"]
     # physically pruned: both files hold the pruned model (fewer MACs than the dense one)
     assert entries["int8"]["macs"] == entries["fp32"]["macs"] == int(info["macs"]) < u.total_macs

@@ -32,8 +32,9 @@ to ONNX, calibrated (ORT's MinMax calibrator on ``calibration_images`` training 
 the exporter does), quantized with the fp32 layers (and the nodes after them up to the next
 layer) excluded, and scored in ONNX Runtime: the reward is the deployable model's accuracy.
 
-``env.unwrapped.export(folder)`` writes the last candidate as a deploy bundle: the int8 ONNX
-model, its fp32 twin and the manifest ``benchmarks/deploy.py`` reads.
+``env.unwrapped.export(path)`` writes the last candidate's mixed int8/fp32 ONNX model;
+:func:`pf_deploy.export.write_env_bundle` writes its deploy bundle (with the pruned fp32 model
+and the manifest the deploy benchmark reads).
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,12 +57,13 @@ import torch
 from torch import nn
 
 from learners import onnx_export as ox
-from learners import ort_quant as oq
+from learners import ort_int8 as oq
 from learners.channel_pruning import ChannelPruner
+from learners.host import cpu_name
+from learners.onnx_names import layer_nodes
 from learners.ort_latency import (
     BlockEdge,
     block_edges,
-    cpu_name,
     end_to_end_ms,
     fit_boundary_cost,
     interleaved_end_to_end,
@@ -78,7 +80,7 @@ from pf_envs.envs.channel_prune import SETTINGS as CHANNEL_SETTINGS
 from pf_envs.envs.channel_prune import ChannelPruneEnv, channel_table
 from pf_envs.envs.quant_ort import FP32, INT8, policy_digest
 from pf_envs.envs.quant_ort import SETTINGS as QUANT_SETTINGS
-from pf_envs.export_source import TWIN_INPUT_SIZE
+from pf_envs.zoo.twin import TWIN_INPUT_SIZE, imagenet_twin_of
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv, count_params
 from pf_envs.rewards import Measurements
 from pf_envs.settings import Setting
@@ -87,6 +89,26 @@ from pf_envs.settings import Setting
 PRUNE_QUANT_VERSION = 3
 KEEP, PRECISION = "keep", "precision"
 
+
+@dataclass
+class DeployCandidate:
+    """A finished episode's candidate as the export stage needs it: the pruned, recovered fp32
+    model, its mixed int8/fp32 ONNX file, the input preprocessing, and the manifest's
+    ``source``, ``quantization`` and extra keys."""
+
+    model: nn.Module
+    int8_path: Path
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    class_names: list[str]
+    macs: int
+    params: int
+    source: dict[str, Any]
+    quantization: dict[str, Any]
+    threads: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
 OBSERVATION_FEATURES: tuple[str, ...] = (
     "step", "kind", "in_channels", "out_channels", "in_hw", "stride", "kernel", "depthwise", "macs",
     "fp32_ms", "int8_ms", "reduced", "rest", "prev_value",
@@ -94,15 +116,15 @@ OBSERVATION_FEATURES: tuple[str, ...] = (
 
 SETTINGS: dict[str, Setting] = {
     **COMMON_SETTINGS,
-    "latency_budget": Setting("float", low=0, high=1, low_open=True,
+    "latency_budget": Setting("float", low=0, high=1, low_open=True, default=0.5,
                               doc="fraction of the dense fp32 model's latency (latency table) the candidate may take"),
     **{k: CHANNEL_SETTINGS[k] for k in ("min_keep", "channel_round", "selection", "reconstruct", "feature_images",
                                         "points_per_image")},
     **{k: QUANT_SETTINGS[k] for k in ("activation_type", "reduce_range", "per_channel", "threads", "latency_batch",
                                       "latency_runs", "measure_runs")},
-    "calibration_images": Setting("int", low=1, doc="training images ORT's calibrator sees, per candidate"),
-    "latency_widths": Setting("int", low=2, doc="uniform widths (min_keep .. 1) the latency table is profiled at"),
-    "latency_twin": Setting("bool", doc="price latency on the zoo's ImageNet-shaped 224x224 twin (random weights)"),
+    "calibration_images": Setting("int", low=1, default=256, doc="training images ORT's calibrator sees, per candidate"),
+    "latency_widths": Setting("int", low=2, default=13, doc="uniform widths (min_keep .. 1) the latency table is profiled at"),
+    "latency_twin": Setting("bool", default=False, doc="price latency on the zoo's ImageNet-shaped 224x224 twin (random weights)"),
 }
 
 
@@ -320,7 +342,7 @@ class PruneQuantEnv(ModelCompressionEnv):
             oq.preprocess(fp32, shared)
         self.prep_path = Path(self._tmp.name) / "dense.prep.onnx"  # a private copy (see QuantORT's notes)
         shutil.copyfile(shared, self.prep_path)
-        node_of = oq.layer_nodes(self.model, self.prep_path)
+        node_of = layer_nodes(self.model, self.prep_path)
         graph = oq.load_onnx(self.prep_path)
         position = {n.name: i for i, n in enumerate(graph.graph.node)}
         self.layers = sorted(node_of, key=lambda name: position[node_of[name]])
@@ -394,12 +416,8 @@ class PruneQuantEnv(ModelCompressionEnv):
         pruned, _ = ChannelPruner(self.model, self.table.groups, None, selection="l1", reconstruct=False).prune(counts)
         if not self.latency_twin:
             return pruned
-        from pf_envs.export_source import ExportSource, imagenet_twin
-
         assert self._zoo_name is not None
-        src = ExportSource(pruned, self._zoo_name, "compressed", self.data, self.input_size,
-                           tuple(self.data.train.mean), tuple(self.data.train.std), [])
-        return imagenet_twin(src)
+        return imagenet_twin_of(pruned, self._zoo_name)
 
     def _write_variant(self, ratios: dict[int, float], folder: Path) -> tuple[Path, Path, dict[str, list[str]]]:
         """The latency model at ``ratios`` (:meth:`_latency_model`), pre-processed, and its
@@ -739,69 +757,45 @@ class PruneQuantEnv(ModelCompressionEnv):
         model, _, _ = self._materialise(self._last_policy)
         return copy.deepcopy(model)
 
-    def export(self, out_dir: str | Path, *, test_samples: int | None = None) -> dict[str, Any]:
-        """Write the last finished episode's candidate (scored or dry run) as a deploy bundle in
-        ``out_dir``: ``model.int8.onnx`` (the mixed int8/fp32 model, runs with onnxruntime
-        alone), ``model.onnx`` (the pruned fp32 model it was quantized from), the test images
-        both were scored on (``test_samples`` of the test split; None: all, 0: none) and
-        ``manifest.json`` (what ``benchmarks/deploy.py`` reads). Returns the manifest."""
+    def export(self, path: str | Path) -> Path:
+        """Write the last finished episode's candidate (scored or dry run) to ``path`` as the
+        mixed int8/fp32 ``.onnx`` model that runs with onnxruntime alone (as QuantORT's
+        ``export``). Returns ``path``. The deploy bundle (this model, the pruned fp32 model,
+        test images and the ``manifest.json`` the deploy benchmark reads) is the export stage's:
+        :func:`pf_deploy.export.write_env_bundle` (``pf-export --run RUN``)."""
         if self._last_policy is None:
             raise RuntimeError("no episode has finished yet: play one to the end (or play_policy) before export()")
-        model, path, _ = self._materialise(self._last_policy)
-        return self._write_bundle(model, path, Path(out_dir), test_samples)
-
-    def _write_bundle(self, model: nn.Module, int8_path: Path, out_dir: Path, test_samples: int | None) -> dict:
-        # the one place this env calls the deploy-bundle writer (learners.deploy_bundle)
-        from learners import deploy_bundle as db
         from learners.atomic import atomic_write
 
-        test = None
-        if test_samples != 0:
-            split = self.data.split("test")
-            if test_samples is not None:
-                split = split.subset(int(test_samples), seed=0)
-            if not hasattr(split, "images"):
-                raise ValueError(f"the {self.data.name} test split is read from image folders; export with "
-                                 "test_samples=0")
-            test = db.TestSet(split.images.permute(0, 2, 3, 1).contiguous().numpy(),
-                              split.labels.numpy().astype(np.int64))
-        values = self._last_policy
-        assert values is not None
-        names = list(CIFAR10_CLASSES) if self.data.name == "cifar10" else [str(i) for i in range(self.data.num_classes)]
-        macs = int(self.table.macs_at({g: values[self.keep_unit[g]] for g in self.step_groups}))
+        _, int8_path, _ = self._materialise(self._last_policy)
+        return atomic_write(path, lambda tmp: shutil.copyfile(int8_path, tmp))
+
+    def deploy_candidate(self) -> DeployCandidate:
+        """What a deploy bundle of the last finished episode's candidate holds
+        (:func:`pf_deploy.export.write_env_bundle` writes it)."""
+        if self._last_policy is None:
+            raise RuntimeError("no episode has finished yet: play one to the end (or play_policy) before exporting")
+        model, int8_path, _ = self._materialise(self._last_policy)
+        values = list(self._last_policy)
         assert self.cost is not None
+        macs = int(self.table.macs_at({g: values[self.keep_unit[g]] for g in self.step_groups}))
         env_id = getattr(self.spec, "id", None)  # gym.make puts its EnvSpec here
         source = {"kind": "compressed", "env_id": env_id, "method": self.METHOD, "base_model": self.model_name,
-                  "model_fingerprint": self.model_fingerprint, "policy": list(values), "structure": "pruned+mixed-int8"}
-        manifest = db.write_bundle(
-            model, out_dir, input_size=self.input_size, mean=tuple(self.data.train.mean),
-            std=tuple(self.data.train.std), class_names=names, macs=macs, calibration=None, test=test,
-            source=source, extra={"latency_ms_table": float(self.cost(values)),
-                                  "latency_ratio_table": float(self.cost(values)) / self.cost.reference},
-            log=lambda _m: None)
-        shutil.copyfile(int8_path, out_dir / "model.int8.onnx")
-        entry = {"name": "int8", "file": "model.int8.onnx", "precision": "int8", "macs": macs,
-                 "params": int(count_params(model)), "size_bytes": (out_dir / "model.int8.onnx").stat().st_size,
-                 "test_accuracy": None, "test_images": None}
-        if test is not None:
-            mean, std = tuple(self.data.train.mean), tuple(self.data.train.std)
-            batches = ((db.normalise(test.images[i : i + 500], mean, std), test.labels[i : i + 500])
-                       for i in range(0, len(test.labels), 500))
-            acc, n = ox.accuracy(ox.session(out_dir / "model.int8.onnx", threads=self.threads), batches)
-            entry.update(test_accuracy=float(acc), test_images=int(n))
-        manifest["models"].append(entry)
-        precisions = self.precisions(values)
-        manifest["quantization"] = {
+                  "model_fingerprint": self.model_fingerprint, "policy": values, "structure": "pruned+mixed-int8"}
+        quantization = {
             "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ", **self.quant_options,
             "weights": "int8 per-channel symmetric" + (" (7-bit range)" if self.quant_options["reduce_range"] else ""),
             "activations": f"{self.quant_options['activation_type']} (calibrated)", "calibration": "MinMax",
             "calibration_images": len(self._calib_x), "mixed": True,
-            "precisions": dict(zip(self.layers, precisions)),
+            "precisions": dict(zip(self.layers, self.precisions(values))),
         }
-        db.validate_manifest(manifest, out_dir)
-        atomic_write(out_dir / db.MANIFEST_NAME,
-                     lambda tmp: Path(tmp).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8"))
-        return manifest
+        names = list(CIFAR10_CLASSES) if self.data.name == "cifar10" else [str(i) for i in range(self.data.num_classes)]
+        return DeployCandidate(
+            model=model, int8_path=Path(int8_path), input_size=self.input_size, mean=tuple(self.data.train.mean),
+            std=tuple(self.data.train.std), class_names=names, macs=macs, params=int(count_params(model)),
+            source=source, quantization=quantization, threads=self.threads,
+            extra={"latency_ms_table": float(self.cost(values)),
+                   "latency_ratio_table": float(self.cost(values)) / self.cost.reference})
 
     def close(self) -> None:
         super().close()
