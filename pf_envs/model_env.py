@@ -28,7 +28,7 @@ from torch import nn
 from learners.recovery import BN_SEED, BatchNormReference, RecoveryRecipe, batchnorm_reference, bn_batches, recover
 from learners.training import evaluate
 from pf_envs import zoo
-from pf_envs.cache import cache_key, cached, model_fingerprint
+from pf_envs.cache import cache_key, cached, decode_fraction, model_fingerprint
 from pf_envs.core import CompressionEnv, resolve_device
 from pf_envs.data import DATASETS, load_dataset
 from pf_envs.layers import count_macs
@@ -156,10 +156,10 @@ class ModelCompressionEnv(CompressionEnv):
             "accuracy", model=self.model_fingerprint, split=self.reward_split, n=len(self.reward_data),
             data=self.data.source, size=self.input_size,
         )
-        self.accuracy_original = float(cached(
+        self.accuracy_original = cached(
             acc_key, lambda: evaluate(self.model.to(self.device), self.reward_data, device=self.device),
-            enabled=self.cache_enabled,
-        ))
+            enabled=self.cache_enabled, decode=decode_fraction,
+        )
         self.model.cpu()
         self._compressed: nn.Module | None = None
         self._ft_seed = 0
@@ -265,7 +265,15 @@ class ModelCompressionEnv(CompressionEnv):
             self.model.cpu()
             return ref.to_lists()
 
-        return BatchNormReference.from_lists(cached(key, compute, enabled=self.cache_enabled))
+        def decode(raw: Any) -> BatchNormReference:
+            ref = BatchNormReference.from_lists(raw)
+            names = {n for n, m in self.model.named_modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
+            if set(ref.original) != names or set(ref.estimated) != names:
+                raise KeyError("the statistics name other BatchNorm layers than the model's")
+            return ref
+
+        return cached(key, compute, enabled=self.cache_enabled, decode=decode)
 
     @functools.cached_property
     def total_macs(self) -> float:

@@ -37,7 +37,7 @@ from torch import nn
 from learners.channel_pruning import SELECTIONS, ChannelPruner, ConsumerStats, collect_stats
 from learners.coupling import CoupledChannels, coupled_groups
 from pf_envs.budget import UnitSpace
-from pf_envs.cache import cache_key, cached
+from pf_envs.cache import cache_key, cached, decode_names
 from pf_envs.layers import CostTable, LayerRow, cost_table
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
 from pf_envs.settings import Setting
@@ -311,7 +311,7 @@ class ChannelPruneEnv(ModelCompressionEnv):
             points=int(s["points_per_image"]), data=self.data.source, size=self.input_size,
         )
         feature_split = self.data.train.subset(int(s["feature_images"]), seed=1)
-        raw = cached(
+        return cached(
             key,
             lambda: {
                 n: st.__dict__ for n, st in collect_stats(
@@ -320,8 +320,8 @@ class ChannelPruneEnv(ModelCompressionEnv):
                 ).items()
             },
             enabled=self.cache_enabled,
+            decode=lambda raw: {n: ConsumerStats(**d) for n, d in decode_names(raw, consumers).items()},
         )
-        return {n: ConsumerStats(**d) for n, d in raw.items()}
 
     def _static_row(self, t: int, gid: int) -> list[float]:
         group = self.table.groups[gid]
