@@ -547,8 +547,9 @@ def test_one_batch_source_protocol():
 def test_cached_accuracies_and_channel_statistics_of_another_structure_are_recomputed(
     cifar_root, checkpoints, tmp_path, monkeypatch
 ):
-    import pf_envs.cache
     from conftest import SMALL_ENV_KWARGS, make_env
+
+    import pf_envs.cache
 
     monkeypatch.setattr(pf_envs.cache, "cache_dir", lambda: tmp_path / "env-cache")
     first = make_env("ChannelPrune-ResNet20-v0", checkpoints, SMALL_ENV_KWARGS).unwrapped
