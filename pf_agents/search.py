@@ -11,6 +11,7 @@ the records, the curves) stays the same.
 
 from __future__ import annotations
 
+import inspect
 import platform
 import time
 from dataclasses import dataclass, field
@@ -79,6 +80,27 @@ def env_fingerprints(instance: gym.Env) -> tuple[str | None, str | None]:
     return None, None
 
 
+def env_kwargs_with_defaults(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The kwargs ``gym.make(env_id, **env_kwargs)`` builds the env with: the defaults of its
+    entry point's signature, under the id's registered kwargs, under ``env_kwargs`` (what
+    the env's ``settings`` hold; what a resume compares).
+
+    Raises:
+        KeyError / ValueError: ``env_id`` is not registered.
+    """
+    from gymnasium.envs.registration import load_env_creator
+
+    import pf_envs  # noqa: F401  (registers the ids)
+
+    spec = gym.spec(env_id)
+    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+    defaults = {
+        name: p.default for name, p in inspect.signature(creator).parameters.items()
+        if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    return {**defaults, **dict(spec.kwargs), **env_kwargs}
+
+
 def default_run_name(env_id: str, agent: str, seed: int) -> str:
     return f"{env_id}__{agent}__seed{seed}"
 
@@ -145,7 +167,8 @@ def search(
         "run_dir": str(run_dir), "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     # Takes the run folder's lock first: from here on this process is its only writer.
-    record = RunRecord.open(run_dir, config, resume)
+    record = RunRecord.open(run_dir, config, resume,
+                            fill_env_defaults=env_kwargs_with_defaults if isinstance(env, str) else None)
     budget = EpisodeBudget(done=len(record.episodes), total=int(episodes))
     instance: gym.Env | None = None
     logger = None

@@ -131,6 +131,25 @@ def test_resume_continues_and_refuses_overwrite(env_kwargs, tmp_path):
         search(ENV_ID, episodes=5, resume=True, **{**kw, "env_kwargs": {**env_kwargs, "budget": 0.3}})
 
 
+def test_resume_compares_the_settings_with_the_defaults_filled_in(tmp_path):
+    """A default spelled out (or left out) is the same setting: the resume goes on."""
+    kw = dict(agent="random", seed=1, logdir=tmp_path, progress=False)
+    search(ENV_ID, episodes=2, env_kwargs={"units": 6}, **kw)
+    resumed = search(ENV_ID, episodes=3, resume=True, env_kwargs={"units": 6, "budget": 0.5, "grid": 0.05}, **kw)
+    assert len(resumed.history) == 3
+    assert search(ENV_ID, episodes=4, resume=True, env_kwargs={"units": 6}, **kw).history[-1]["episode"] == 3
+    with pytest.raises(ValueError, match=r"other settings: \{'env_kwargs.budget': \(0.5, 0.3\)\}"):
+        search(ENV_ID, episodes=5, resume=True, env_kwargs={"units": 6, "budget": 0.3}, **kw)
+
+
+def test_resume_with_the_default_flops_budget_spelled_out(resnet_kwargs, tmp_path):
+    """The issue's case: --env-kwargs flops_budget=0.5 (the default) added on --resume."""
+    kw = dict(agent="random", seed=0, logdir=tmp_path, progress=False)
+    search(RESNET_ID, episodes=1, env_kwargs=resnet_kwargs, **kw)
+    resumed = search(RESNET_ID, episodes=2, resume=True, env_kwargs={**resnet_kwargs, "flops_budget": 0.5}, **kw)
+    assert len(resumed.history) == 2
+
+
 def test_resume_refuses_other_base_model_weights(resnet_kwargs, tmp_path):
     """A checkpoint re-trained in place (same path, same kwargs) must not be mixed into a run."""
     import torch
