@@ -95,6 +95,25 @@ def minmax(features: np.ndarray) -> np.ndarray:
     return ((features - lo) / span).astype(np.float32)
 
 
+def _numeric_action(action: Any, step: int) -> np.ndarray:
+    """``action`` as a flat float64 array, if it is a number or a numeric array (int or float;
+    a tensor or a list of numbers too); a string, bytes, a bool, None or an array of any of
+    them is refused with a ``TypeError`` instead of being coerced to a number."""
+    kind = "" if isinstance(action, (str, bytes, bool, np.bool_)) or action is None else None
+    if kind is None:
+        try:
+            arr = np.asarray(action)
+        except (TypeError, ValueError):  # ragged lists and other shapes numpy cannot hold
+            arr = np.asarray(None)
+        kind = arr.dtype.kind
+        if kind in "iuf":
+            return arr.astype(np.float64).reshape(-1)
+    raise TypeError(
+        f"action at step {step} is {action!r} ({type(action).__name__}): an action must be a number or a "
+        "numeric array (int or float) holding one number in [-1, 1], not a string, bytes, a bool or None"
+    )
+
+
 class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     """Base class: one step per compression unit, clamped actions, sparse final reward.
 
@@ -323,7 +342,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         if self._done:
             raise RuntimeError("the episode is over (or never started): call reset() first")
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        a = _numeric_action(action, self._t)
         if a.size != 1:
             raise ValueError(f"action must hold exactly one number, got shape {np.shape(action)}")
         if not np.isfinite(a[0]):
