@@ -242,6 +242,28 @@ def test_cli_bad_inputs_are_clear_errors(compressed, tmp_path, capsys):
     fails(["resnet20", "--imagenet-twin"], "no ImageNet-shaped variant")
 
 
+def test_a_checkpoint_with_nan_weights_says_they_are_not_finite(compressed, tmp_path, capsys):
+    import copy
+
+    import torch
+
+    from pf_envs.compressed import save_compressed
+
+    model, path = compressed
+    record = json.loads(path.with_suffix(".json").read_text())
+    broken = copy.deepcopy(model)
+    name, weight = next((n, p) for n, p in broken.named_parameters() if p.ndim == 4)
+    with torch.no_grad():
+        weight[0, 0, 0, 0] = float("nan")
+    nan_file = tmp_path / "nan.pt"
+    save_compressed(broken, nan_file, env_id=record["env_id"], env_kwargs=record["env_kwargs"],
+                    policy=record["policy"], model_fingerprint=record["model_fingerprint"])
+    assert _export([nan_file, "--out", tmp_path / "o", "--test-samples", 0]) == 2
+    err = capsys.readouterr().err
+    assert "weights are not finite" in err and name in err and "report it" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_manifest_schema_is_checked(tmp_path):
     from learners.deploy_bundle import BundleError, read_manifest, validate_manifest
 
