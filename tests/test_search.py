@@ -322,6 +322,19 @@ def test_plain_sb3_algorithms_run_on_the_env(algo, env_kwargs):
     assert model.num_timesteps == 2 * steps
 
 
+def test_cli_says_a_missing_checkpoint_in_one_sentence(cifar_root, capsys, monkeypatch, tmp_path):
+    """ChannelPrune-ResNet56-v0 is documented, its checkpoint does not ship: exit 2, no traceback."""
+    from pf_envs import zoo
+
+    monkeypatch.setattr(zoo, "CHECKPOINT_DIR", tmp_path)
+    code = cli_main(["--env", "ChannelPrune-ResNet56-v0", "--agent", "random", "--episodes", "1",
+                     "--logdir", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: no trained cifar10 checkpoint for 'resnet56'"), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "ChannelPrune-ResNet56-v0__random__seed0").exists()
+
+
 def test_cli_rejects_unknown_agent_and_env(capsys):
     with pytest.raises(SystemExit):
         cli_main(["--env", ENV_ID, "--agent", "ppo"])
