@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -61,6 +62,14 @@ COMMON_SETTINGS: dict[str, Setting] = {
 #: the model, which enters the fingerprint through its weights).
 NOT_RECOVERY: tuple[str, ...] = ("self", "model", "checkpoint", "data_root", "device", "cache", "render_mode",
                                  "unknown")
+
+
+#: A base model whose accuracy is at most this many times chance (1 / classes) is warned about.
+NEAR_CHANCE = 2.0
+
+
+class NearChanceWarning(UserWarning):
+    """The base model scores near chance on the reward images (untrained, or other data)."""
 
 
 def count_params(model: nn.Module) -> int:
@@ -161,10 +170,24 @@ class ModelCompressionEnv(CompressionEnv):
             enabled=self.cache_enabled, decode=decode_fraction,
         )
         self.model.cpu()
+        self._warn_near_chance()
         self._compressed: nn.Module | None = None
         self._ft_seed = 0
 
     # -- checks --------------------------------------------------------------------------------
+    def _warn_near_chance(self) -> None:
+        """Warn when the base model scores near chance: an untrained model (or one trained on
+        other data or labels) gives rewards that say nothing about the compression."""
+        chance = 1.0 / self.data.num_classes
+        if self.accuracy_original <= NEAR_CHANCE * chance:
+            warnings.warn(
+                f"{type(self).__name__}: the base model {self.model_name} scores {self.accuracy_original:.3f} on "
+                f"{len(self.reward_data)} {self.reward_split} images, near chance ({chance:.3g} for "
+                f"{self.data.num_classes} classes): it looks untrained or trained for other data, so a search on "
+                "it finds nothing useful; pass a trained model (model=..., checkpoint=...)",
+                NearChanceWarning, stacklevel=3,
+            )
+
     def _subject(self) -> str:
         return self.model_name
 

@@ -153,6 +153,20 @@ def test_unshipped_checkpoint_is_a_clear_error(cifar_root, monkeypatch, tmp_path
         gym.make("ChannelPrune-ResNet56-v0", **SMALL_ENV_KWARGS)
 
 
+def test_a_base_model_near_chance_is_warned_about(cifar_root, recwarn):
+    from pf_envs.zoo import create_model
+
+    torch.manual_seed(0)
+    untrained = create_model("resnet20", "cifar10")  # random weights: about 1 in 10 right
+    with pytest.warns(UserWarning, match=r"scores 0\.\d+ on 200 val images, near chance \(0\.1 for 10 classes\)"):
+        env = gym.make("ChannelPrune-v0", model=untrained, **SMALL_ENV_KWARGS)
+    assert env.unwrapped.accuracy_original < 0.2
+    recwarn.clear()
+    trained = gym.make("ChannelPrune-ResNet20-v0", **SMALL_ENV_KWARGS)  # the shipped checkpoint: no word
+    assert trained.unwrapped.accuracy_original > 0.8
+    assert not [w for w in recwarn if "near chance" in str(w.message)]
+
+
 def test_unknown_env_id():
     with pytest.raises(gym.error.Error):
         gym.make("ChannelPrune-VGG16-v0")
