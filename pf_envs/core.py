@@ -193,7 +193,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if floor > self.budget + 1e-9:
             raise ValueError(
                 f"{self.budget_kwarg}={budget} is unreachable for {self._subject()}: with every unit at "
-                f"{self.floor_kwarg} the policy still keeps {floor:.3f} of its {cost.name}; choose "
+                f"{self.floor_kwarg} the policy still keeps {floor:.3f} of its {cost.name}"
+                f"{self._unreachable_note()}; choose "
                 f"{self.budget_kwarg} >= {math.ceil(floor * 1000) / 1000} or lower {self.floor_kwarg}"
             )
         self._static = minmax(static)
@@ -205,6 +206,11 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _subject(self) -> str:
         return type(self).__name__
+
+    def _unreachable_note(self) -> str:
+        """Said after "still keeps X of its cost" when the budget is unreachable (e.g. which
+        layers no unit can compress, and why); empty by default."""
+        return ""
 
     def _set_visit_order(self, order: list[int]) -> None:
         """Visit the units in ``order`` this episode (the clamp, the features and the ``rest``
