@@ -204,8 +204,8 @@ def _env_kwargs_diff(
     if fill is not None and old.get("env_id") == new.get("env_id"):
         try:
             before, after = fill(str(new["env_id"]), before), fill(str(new["env_id"]), after)
-        except (KeyError, TypeError, ValueError, ImportError, AttributeError):
-            pass  # an env whose defaults cannot be read: compared as spelled
+        except Exception:  # noqa: BLE001 - an env whose defaults cannot be read (unregistered): compared as spelled
+            pass
     missing = object()
     return {
         f"env_kwargs.{name}": (before.get(name, "(not set)"), after.get(name, "(not set)"))

@@ -11,7 +11,6 @@ the records, the curves) stays the same.
 
 from __future__ import annotations
 
-import inspect
 import platform
 import time
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import gymnasium as gym
 from pf_agents.base import EpisodeBudget, EpisodeRecorder
 from pf_agents.records import RunRecord
 from pf_agents.registry import AGENTS, get_agent_class
+from pf_envs.registry import env_kwargs_with_defaults
 
 
 @dataclass
@@ -78,27 +78,6 @@ def env_fingerprints(instance: gym.Env) -> tuple[str | None, str | None]:
     if isinstance(env, CompressionEnv):
         return env.model_fingerprint, env.recovery_fingerprint
     return None, None
-
-
-def env_kwargs_with_defaults(env_id: str, env_kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The kwargs ``gym.make(env_id, **env_kwargs)`` builds the env with: the defaults of its
-    entry point's signature, under the id's registered kwargs, under ``env_kwargs`` (what
-    the env's ``settings`` hold; what a resume compares).
-
-    Raises:
-        KeyError / ValueError: ``env_id`` is not registered.
-    """
-    from gymnasium.envs.registration import load_env_creator
-
-    import pf_envs  # noqa: F401  (registers the ids)
-
-    spec = gym.spec(env_id)
-    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
-    defaults = {
-        name: p.default for name, p in inspect.signature(creator).parameters.items()
-        if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
-    }
-    return {**defaults, **dict(spec.kwargs), **env_kwargs}
 
 
 def default_run_name(env_id: str, agent: str, seed: int) -> str:
