@@ -157,10 +157,7 @@ class ModelCompressionEnv(CompressionEnv):
         self._setup_method()
         if self.cost is None:
             raise NotImplementedError(f"{name}._setup_method must call self._setup_budget(...)")
-        self.recovery_fingerprint = cache_key("recovery", **{
-            **self._fingerprint_settings, "version": self.RECOVERY_VERSION, "model": self.model_fingerprint,
-            **self._resolved_settings(), "input_size": self.input_size, "ft_lr": self.ft_lr,
-        })
+        self.recovery_fingerprint = self._recovery_key(self._fingerprint_settings)
         acc_key = cache_key(
             "accuracy", model=self.model_fingerprint, split=self.reward_split, n=len(self.reward_data),
             data=self.data.source, size=self.input_size,
@@ -173,6 +170,23 @@ class ModelCompressionEnv(CompressionEnv):
         self._warn_near_chance()
         self._compressed: nn.Module | None = None
         self._ft_seed = 0
+
+    # -- fingerprints --------------------------------------------------------------------------
+    def _recovery_key(self, fingerprint_settings: dict[str, Any]) -> str:
+        return cache_key("recovery", **{
+            **fingerprint_settings, "version": self.RECOVERY_VERSION, "model": self.model_fingerprint,
+            **self._resolved_settings(), "input_size": self.input_size, "ft_lr": self.ft_lr,
+        })
+
+    def recovery_fingerprint_with(self, settings: dict[str, Any]) -> str:
+        """The recovery fingerprint this env would have with ``settings`` in place of its own
+        (e.g. the recorded values of kwargs a replay overrides, such as ``reward_split``).
+        Settings resolved from others (``ft_lr``, ``channel_round``, ...) keep this env's values."""
+        changed = dict(self._fingerprint_settings)
+        changed.update({k: plain(v) for k, v in settings.items() if k not in NOT_RECOVERY})
+        if changed.get("bn_mode") == "reestimate":
+            del changed["bn_mode"]
+        return self._recovery_key(changed)
 
     # -- checks --------------------------------------------------------------------------------
     def _warn_near_chance(self) -> None:

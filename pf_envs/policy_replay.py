@@ -124,7 +124,16 @@ def replay_run(
 ) -> Replayed:
     """Replay the best episode of a run folder (or episode ``episode``) on the env and kwargs
     recorded in its ``config.json``; ``env_kwargs`` overrides some of them (e.g.
-    ``reward_split="test"`` to score the same candidate on the test split)."""
+    ``reward_split="test"`` to score the same candidate on the test split).
+
+    The env is checked against the run's recorded fingerprints before the replay, and the
+    replayed reward against the recorded one after it (:func:`pf_envs.recorded.check_recorded`).
+
+    Raises:
+        RecordMismatchError (a ValueError): another base model or recovery recipe than the
+            recorded ones (an edited config.json, another checkpoint or env version), or a
+            bit-deterministic env's reward other than the recorded one.
+    """
     from pf_agents.records import read_run  # the run folder's one reader (same damage rules)
 
     run_dir = Path(run_dir)
@@ -141,4 +150,18 @@ def replay_run(
     else:
         raise ValueError(f"{run_dir / 'episodes.jsonl'} has no episode {episode} (it holds {len(run.episodes)})")
     kwargs = {**config.get("env_kwargs", {}), **dict(env_kwargs or {})}
-    return replay(config["env_id"], kwargs, record)
+    import pf_envs  # noqa: F401  (registers the ids)
+    from pf_envs.recorded import check_recorded
+
+    env_id = config.get("env_id")
+    if env_id not in gym.registry:
+        raise ValueError(f"{run_dir / 'config.json'} names the env {env_id!r}, which is not registered; "
+                         f"pocketflow-gym registers {sorted(pf_envs.ENV_IDS)}")
+    env = gym.make(env_id, **kwargs)
+    try:
+        check_recorded(env, config, overrides=env_kwargs, where=str(run_dir))
+        out = replay(env_id, kwargs, record, env=env)
+        check_recorded(env, config, overrides=env_kwargs, record=record, reward=out.reward, where=str(run_dir))
+    finally:
+        env.close()
+    return out
