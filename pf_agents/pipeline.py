@@ -3,6 +3,12 @@
     python scripts/compress.py --env ChannelPrune-MobileNetV1-v0 --agent ddpg --episodes 300 \\
         --retrain-epochs 30 --int8 --out out/
 
+One job writes an ``--out`` folder: the job holds ``OUT/.lock`` (``flock``, released by the OS
+when the process ends) from its start to its end, through every stage, so a second
+``compress.py`` on the same ``--out`` exits at once with ``error: OUT is being written by
+another compress job (pid N on host ...)`` (exit 2) instead of racing the first into the
+same files.
+
 Every stage writes into its own folder under ``--out`` and is skipped when its output is
 already there and was made from the current input (the stage before it); a stage that was
 killed resumes (the search from its run folder, re-training from its state file), so running
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from pf_agents.cli import parse_kwargs
+from pf_agents.records import RunLock, RunLockedError, RunWriteError
 from pf_agents.registry import AGENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +59,12 @@ class Stage:
     output: Path
     ran: bool
     seconds: float
+
+
+#: What a second job on the same ``--out`` is told (exit 2).
+OUT_BUSY = ("{folder} is being written by another compress job ({holder}): one --out folder has one job. Wait "
+            "for it to finish (or stop it), then run the same command again; to run another job at the same "
+            "time, pass another --out")
 
 
 class StageError(RuntimeError):
@@ -114,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RunLockedError, RunWriteError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -133,14 +146,30 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
     import gymnasium as gym
 
     import pf_envs  # noqa: F401  (registers the ids)
-    from pf_agents.search import search
 
     if args.env not in gym.registry:
         raise ValueError(f"unknown env {args.env!r}; pocketflow-gym registers {sorted(pf_envs.ENV_IDS)}")
     if args.retrain_epochs < 0 or args.episodes < 1 or args.nproc < 1:
         raise ValueError("--episodes and --nproc must be >= 1 and --retrain-epochs >= 0")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: pass a folder (it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
+    # one job per --out, from here to the end of the last stage: two jobs would search into
+    # one run folder, then replay, re-train and export into the same files
+    lock = RunLock(out, busy=OUT_BUSY)
+    lock.acquire()
+    try:
+        return _run_stages(args, out)
+    finally:
+        lock.release()
+
+
+def _run_stages(args: argparse.Namespace, out: Path) -> list[Stage]:
+    import gymnasium as gym
+
+    from pf_agents.search import search
+
     log = out / "pipeline.log"
     py = sys.executable
     threads = ["--threads", str(args.threads)] if args.threads else []

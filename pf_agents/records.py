@@ -97,8 +97,11 @@ class RunLock:
     process dies (``flock`` on POSIX, ``msvcrt.locking`` on Windows), so a killed run never
     leaves a stale lock."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, busy: str | None = None) -> None:
+        """``busy``: what a second process is told (``{folder}`` and ``{holder}`` are filled
+        in); default: the run folder's sentence."""
         self.path = Path(folder) / LOCK
+        self.busy = busy
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -113,6 +116,8 @@ class RunLock:
             fh.seek(0)
             holder = fh.read().strip() or "a process that has not written its id yet"
             fh.close()
+            if self.busy is not None:
+                raise RunLockedError(self.busy.format(folder=self.path.parent, holder=holder)) from None
             raise RunLockedError(
                 f"{self.path.parent} is being written by another process ({holder}): one run folder has "
                 "one writer. Wait for it to finish (or stop it), then continue with --resume; to search "
