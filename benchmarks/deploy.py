@@ -124,6 +124,19 @@ def _check_model_file(path: Path, origin: str) -> None:
                           f"{', '.join(MODEL_SUFFIXES)} or a manifest.json")
 
 
+def _inside(folder: Path, name: Any, what: str, manifest: Path) -> Path:
+    """``folder / name`` if ``name`` is a relative path that stays inside ``folder`` (symbolic
+    links resolved); a manifest names its files relative to its own folder (docs/export.md)."""
+    if not isinstance(name, str) or not name:
+        raise DeployError(f"the manifest {manifest}: {what} must be a file name, got {name!r}")
+    path = folder / name
+    if Path(name).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+        raise DeployError(f"the manifest {manifest}: {what} {name!r} points outside its folder {folder}; a "
+                          "manifest names its files relative to its folder, so this one was edited or damaged: "
+                          "export the model again")
+    return path
+
+
 def _read_manifest(path: Path) -> list[ModelEntry]:
     try:
         manifest = json.loads(path.read_text())
@@ -146,7 +159,7 @@ def _read_manifest(path: Path) -> list[ModelEntry]:
     if layout not in ("NCHW", "NHWC"):
         raise DeployError(f"the manifest {path}: input layout {layout!r} is neither NCHW nor NHWC")
     test_data = manifest.get("test_data")
-    test_npz = (path.parent / test_data) if test_data else None
+    test_npz = _inside(path.parent, test_data, "test_data", path) if test_data else None
     source = manifest.get("source") if isinstance(manifest.get("source"), dict) else {}
     group = path.parent.resolve().name or str(source.get("name") or "export")
     # dense or pruned: the exporter's source says whether a compression policy made the model
@@ -157,7 +170,7 @@ def _read_manifest(path: Path) -> list[ModelEntry]:
     for i, m in enumerate(models):
         if not isinstance(m, dict) or "file" not in m:
             raise DeployError(f"the manifest {path}: models[{i}] has no 'file'")
-        file = path.parent / m["file"]
+        file = _inside(path.parent, m["file"], f"models[{i}].file", path)
         _check_model_file(file, f"models[{i}] of {path}")
         precision = m.get("precision")
         entries.append(ModelEntry(

@@ -291,6 +291,37 @@ def test_manifest_schema_is_checked(tmp_path):
         read_manifest(tmp_path)
 
 
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path):
+    """docs/export.md: a manifest's paths are relative to its folder; '..', an absolute path, or
+    a symbolic link out of the folder are refused, for the models and for test_data."""
+    from learners.deploy_bundle import BundleError, validate_manifest
+
+    bundle, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
+    bundle.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "model.onnx").write_bytes(b"x")
+    (elsewhere / "test.npz").write_bytes(b"x")
+    (bundle / "model.onnx").symlink_to(elsewhere / "model.onnx")
+    (bundle / "test.npz").symlink_to(elsewhere / "test.npz")
+    good = {
+        "format": "pocketflow-gym/deploy-manifest/1",
+        "models": [{"name": "fp32", "file": "model.onnx", "precision": "fp32", "macs": 1, "params": 1,
+                    "size_bytes": 1, "test_accuracy": None, "test_images": None}],
+        "input": {"name": "input", "shape": [None, 3, 32, 32], "dtype": "float32", "layout": "NCHW"},
+        "preprocess": {"scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3},
+        "class_names": ["a"], "test_data": None, "source": {},
+    }
+    for name in ("model.onnx", "../elsewhere/model.onnx", str(elsewhere / "model.onnx")):
+        with pytest.raises(BundleError, match="points outside the folder"):
+            validate_manifest({**good, "models": [{**good["models"][0], "file": name}]}, bundle)
+    (bundle / "model.onnx").unlink()
+    (bundle / "model.onnx").write_bytes(b"x")
+    validate_manifest(good, bundle)
+    for name in ("test.npz", "../elsewhere/test.npz"):
+        with pytest.raises(BundleError, match="'test_data' .* points outside the folder"):
+            validate_manifest({**good, "test_data": name}, bundle)
+
+
 def test_imagenet_twin_takes_the_channel_counts():
     from learners.channel_match import channel_counts, match_channels
     from learners.coupling import coupled_groups, remove_channels
