@@ -122,12 +122,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pf_envs.data import DataError
+    from pf_envs.zoo import CheckpointError
+
     try:
         stages = run_pipeline(args)
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RunLockedError, RunWriteError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RunLockedError, RunWriteError,
+            CheckpointError, DataError) as exc:  # a documented id whose checkpoint does not ship: one sentence
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)

@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import pf_envs
+    from pf_envs.data import DataError
+    from pf_envs.zoo import CheckpointError
 
     overrides = {}
     if args.split:
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["reward_samples"] = args.samples
     try:
         out = pf_envs.replay_run(args.run_dir, args.episode, env_kwargs=overrides)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     info = out.info

@@ -566,3 +566,29 @@ def test_cached_accuracies_and_channel_statistics_of_another_structure_are_recom
     assert acc_file.name in rebuilt and stats_file.name in rebuilt and "another structure" in rebuilt
     assert again.accuracy_original == first.accuracy_original
     assert torch.equal(again._stats()[consumers[0]].xtx, first._stats()[consumers[0]].xtx)
+
+
+@pytest.mark.parametrize("entry", ["compress", "replay", "retrain", "export"])
+def test_every_entry_point_says_a_missing_checkpoint_in_one_sentence(entry, cifar_root, tmp_path, monkeypatch,
+                                                                      capsys):
+    """ChannelPrune-ResNet56-v0 is a documented id whose checkpoint does not ship: one sentence,
+    exit 2, no CheckpointError traceback (scripts/search.py: tests/test_search.py)."""
+    monkeypatch.setattr(zoo, "CHECKPOINT_DIR", tmp_path / "no-checkpoints")
+    env_id = "ChannelPrune-ResNet56-v0"
+    if entry == "compress":
+        argv = ["--env", env_id, "--agent", "random", "--episodes", "1", "--out", str(tmp_path / "job")]
+    elif entry == "replay":  # a run folder recorded where the checkpoint was there
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"env_id": env_id, "env_kwargs": {}, "agent": "random",
+                                                     "agent_kwargs": {}, "seed": 0, "episodes": 1}))
+        (run / "episodes.jsonl").write_text(json.dumps({"episode": 0, "reward": 0.5, "raw_actions": [0.0],
+                                                        "applied": [1.0]}) + "\n")
+        argv = [str(run)]
+    elif entry == "retrain":
+        argv = ["--env", env_id, "--policy", "1.0", "--epochs", "1", "--out", str(tmp_path / "out")]
+    else:
+        argv = ["resnet56", "--out", str(tmp_path / "bundle"), "--test-samples", "0"]
+    assert _script(entry).main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no trained cifar10 checkpoint for 'resnet56'" in err and "Traceback" not in err, err
