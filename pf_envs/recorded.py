@@ -80,8 +80,9 @@ def check_recorded(
     model_now = getattr(base, "model_fingerprint", None)
     if recorded_model and model_now and recorded_model != model_now:
         raise RecordMismatchError(
-            f"{where} was recorded with base-model weights {recorded_model}, but {env_id} with these kwargs loads "
-            f"{model_now} (another checkpoint): pass the checkpoint the search used (--env-kwargs checkpoint=PATH)"
+            f"{where} was recorded with base-model weights of fingerprint {recorded_model}, but {env_id} with these "
+            f"kwargs loads weights of fingerprint {model_now} (another checkpoint): pass the checkpoint the search "
+            "used (--env-kwargs checkpoint=PATH)"
         )
     recovery_now = getattr(base, "recovery_fingerprint", None)
     reverted: dict[str, Any] = {}
