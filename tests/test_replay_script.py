@@ -128,7 +128,8 @@ def test_check_recorded_compares_both_fingerprints_and_the_reward():
     env = SimpleNamespace(model_fingerprint="m1", recovery_fingerprint="r1", device=torch.device("cpu"), ft_iters=0)
     config = {"env_id": "X-v0", "base_model": "m1", "recovery": "r1"}
     check_recorded(env, config, record={"episode": 0, "reward": 0.5}, reward=0.5)
-    with pytest.raises(RecordMismatchError, match="base-model weights of fingerprint m0, but X-v0 with these kwargs loads weights of fingerprint m1"):
+    with pytest.raises(RecordMismatchError,
+                       match="fingerprint m0, but X-v0 with these kwargs loads weights of fingerprint m1"):
         check_recorded(env, {**config, "base_model": "m0"})
     with pytest.raises(RecordMismatchError, match="recovery fingerprint r0, but X-v0 with the recorded settings"):
         check_recorded(env, {**config, "recovery": "r0"})
