@@ -17,7 +17,8 @@ from torch import nn
 
 from learners.modules import COMPRESSIBLE, is_depthwise
 
-__all__ = ["COMPRESSIBLE", "CoupledChannels", "GroupMember", "coupled_groups", "is_depthwise", "remove_channels"]
+__all__ = ["COMPRESSIBLE", "CoupledChannels", "GroupMember", "LeftOutChannels", "coupled_groups", "is_depthwise",
+           "remove_channels"]
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,22 @@ class CoupledChannels:
     members: tuple[GroupMember, ...]
 
 
+@dataclass(frozen=True)
+class LeftOutChannels:
+    """A group of coupled channels that cannot be pruned: the compressible ``layers`` it touches
+    (producers and consumers, in execution order) keep those channels, and ``reason`` says why."""
+
+    channels: int
+    layers: tuple[str, ...]
+    reason: str
+
+
 def coupled_groups(
     model: nn.Module,
     example: torch.Tensor,
     ignored: Iterable[str] = (),
     order: Sequence[str] | None = None,
+    left_out: list[LeftOutChannels] | None = None,
 ) -> list[CoupledChannels]:
     """All prunable channel groups of ``model``, ordered by their first producer.
 
@@ -58,6 +70,10 @@ def coupled_groups(
         example: one example input for tracing.
         ignored: names of layers whose OUTPUT channels must stay (the classifier).
         order: layer names in execution order (defaults to ``named_modules`` order).
+        left_out: if given, receives a :class:`LeftOutChannels` for every group of channels
+            that is not prunable although a layer produces it (a grouped, non-depthwise
+            convolution among its members), so that callers can say which layers keep all
+            those channels and why.
     """
     import torch_pruning as tp
     from torch_pruning.pruner import function as tpf
@@ -85,7 +101,8 @@ def coupled_groups(
         followers: list[str] = []
         consumers: list[str] = []
         members: list[GroupMember] = []
-        unsupported = False
+        touched: list[str] = []
+        grouped: list[str] = []
         for item in group:
             module = item.dep.target.module
             if not isinstance(module, nn.Module) or module not in name_of:
@@ -95,18 +112,29 @@ def coupled_groups(
             members.append(GroupMember(name, handler, tuple(item.idxs), tuple(item.root_idxs)))
             if not isinstance(module, COMPRESSIBLE):
                 continue
+            if name not in touched:
+                touched.append(name)
             if is_depthwise(module):
                 if name not in followers:
                     followers.append(name)
             elif isinstance(module, nn.Conv2d) and module.groups > 1:
-                unsupported = True  # grouped (non-depthwise) convs: channel maps are not 1:1
+                # grouped (non-depthwise) convs: channel maps are not 1:1
+                if f"{name} (groups={module.groups})" not in grouped:
+                    grouped.append(f"{name} (groups={module.groups})")
             elif handler in out_fns:
                 producers.append(name)
             elif handler in in_fns:
                 consumers.append(name)
-        if unsupported or not producers:
-            continue
         key = lambda n: pos.get(n, len(pos))  # noqa: E731
+        if grouped and left_out is not None:
+            left_out.append(LeftOutChannels(
+                channels=len(group[0].idxs), layers=tuple(sorted(touched, key=key)),
+                reason=(f"their {len(group[0].idxs)} channels pass through the grouped convolution "
+                        f"{', '.join(grouped)}, which is not depthwise: its input and output channels do not "
+                        "map one to one, so they cannot be pruned together"),
+            ))
+        if grouped or not producers:
+            continue
         found.append(
             CoupledChannels(
                 channels=len(group[0].idxs),

@@ -61,8 +61,20 @@ def export_onnx(
 
     The input is ``"input"`` of shape ``[batch, channels, H, W]`` with ``batch`` dynamic; the
     output is ``"logits"`` ``[batch, classes]``. Returns ``out_path``.
+
+    Raises:
+        ExportError: a weight or buffer of ``model`` is NaN or infinite (names them).
     """
     from learners.atomic import atomic_write
+    from learners.modules import non_finite_tensors
+
+    bad = non_finite_tensors(model.state_dict())
+    if bad:
+        raise ExportError(
+            f"the model's weights are not finite: {len(bad)} tensor(s) {bad[:5]}{' ...' if len(bad) > 5 else ''} "
+            "hold NaN or infinite values (the training that wrote them diverged, or the file was damaged), so "
+            "no export of it can work; export a checkpoint with finite weights (re-train with a lower learning rate)"
+        )
 
     h, w = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
     was_training = model.training

@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from pf_agents.records import RunLockedError, RunWriteError
     from pf_agents.search import search
+    from pf_envs.data import DataError
     from pf_envs.registry import check_env_id
+    from pf_envs.zoo import CheckpointError
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
             run_name=args.run_name, resume=args.resume, env_kwargs=args.env_kwargs,
             agent_kwargs=agent_kwargs, progress=not args.no_progress,
         )
-    except (FileExistsError, FileNotFoundError, TypeError, ValueError, RunLockedError, RunWriteError) as exc:
-        # every refusal and damaged or unwritable run folder: one sentence, no traceback
+    except (FileExistsError, FileNotFoundError, TypeError, ValueError, RunLockedError, RunWriteError,
+            CheckpointError, DataError) as exc:
+        # every refusal, damaged or unwritable run folder, missing checkpoint (a documented id
+        # whose checkpoint does not ship) or data: one sentence, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 2
     best = result.best

@@ -239,7 +239,10 @@ def load_agent(model, run_dir: Path) -> dict[str, Any]:
         ValueError: a file is damaged or does not fit the model (names the files).
     """
     policy_path, buffer_path = run_dir / POLICY_FILE, run_dir / BUFFER_FILE
-    payload = torch.load(policy_path, map_location=model.device, weights_only=True)
+    from learners.safe_load import load_tensor_file
+
+    # TensorFileError says what is wrong without PyTorch's advice to load with weights_only=False
+    payload = load_tensor_file(policy_path, map_location=model.device)
     state = json.loads(payload["state"])
     if state.get("format") != STATE_FORMAT or state.get("algo") != type(model).__name__:
         raise ValueError(f"{policy_path} holds {state.get('algo')} state format {state.get('format')}, "

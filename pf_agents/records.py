@@ -30,6 +30,7 @@ import os
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -96,8 +97,11 @@ class RunLock:
     process dies (``flock`` on POSIX, ``msvcrt.locking`` on Windows), so a killed run never
     leaves a stale lock."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, busy: str | None = None) -> None:
+        """``busy``: what a second process is told (``{folder}`` and ``{holder}`` are filled
+        in); default: the run folder's sentence."""
         self.path = Path(folder) / LOCK
+        self.busy = busy
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
@@ -112,6 +116,8 @@ class RunLock:
             fh.seek(0)
             holder = fh.read().strip() or "a process that has not written its id yet"
             fh.close()
+            if self.busy is not None:
+                raise RunLockedError(self.busy.format(folder=self.path.parent, holder=holder)) from None
             raise RunLockedError(
                 f"{self.path.parent} is being written by another process ({holder}): one run folder has "
                 "one writer. Wait for it to finish (or stop it), then continue with --resume; to search "
@@ -188,6 +194,29 @@ def _check_episode(rec: Any, index: int) -> str | None:
     if not isinstance(rec["raw_actions"], list) or not isinstance(rec["applied"], list):
         return "raw_actions and applied must be lists"
     return None
+
+
+def _env_kwargs_diff(
+    old: dict[str, Any],
+    new: dict[str, Any],
+    fill: Callable[[str, dict[str, Any]], dict[str, Any]] | None,
+) -> dict[str, tuple[Any, Any]]:
+    """The env kwargs a resume would change, ``{"env_kwargs.<name>": (recorded, asked)}``,
+    compared with the env's defaults filled in (by ``fill``) where the env id is the same."""
+    before, after = old.get("env_kwargs"), new.get("env_kwargs")
+    if not isinstance(before, dict) or not isinstance(after, dict):
+        return {} if to_jsonable(before) == to_jsonable(after) else {"env_kwargs": (before, after)}
+    if fill is not None and old.get("env_id") == new.get("env_id"):
+        try:
+            before, after = fill(str(new["env_id"]), before), fill(str(new["env_id"]), after)
+        except Exception:  # noqa: BLE001 - an env whose defaults cannot be read (unregistered): compared as spelled
+            pass
+    missing = object()
+    return {
+        f"env_kwargs.{name}": (before.get(name, "(not set)"), after.get(name, "(not set)"))
+        for name in sorted(set(before) | set(after))
+        if to_jsonable(before.get(name, missing)) != to_jsonable(after.get(name, missing))
+    }
 
 
 def _remove_contents(path: Path) -> None:
@@ -275,10 +304,21 @@ class RunRecord:
     _created: bool = False
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], config: dict[str, Any], resume: bool) -> RunRecord:
+    def open(
+        cls,
+        path: str | os.PathLike[str],
+        config: dict[str, Any],
+        resume: bool,
+        *,
+        fill_env_defaults: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> RunRecord:
         """Lock ``path`` and open it for a new run, or (``resume``) for continuing the run
         recorded there. Nothing is written yet (except a half-written last line being cut
         from a resumed run's records, and the lock file).
+
+        ``fill_env_defaults(env_id, env_kwargs)`` gives the kwargs the env is built with (its
+        defaults under the given ones): a resume compares those, so ``flops_budget=0.5`` spelled
+        out equals the default it names.
 
         Raises:
             RunLockedError: another process is writing this run.
@@ -315,7 +355,7 @@ class RunRecord:
             raise
         record = cls(path, _lock=lock, _created=created)
         try:
-            record._open(config, resume)
+            record._open(config, resume, fill_env_defaults)
         except BaseException:
             if created:  # remove what this process made while it still holds the lock
                 _remove_contents(path)
@@ -326,7 +366,12 @@ class RunRecord:
             raise
         return record
 
-    def _open(self, config: dict[str, Any], resume: bool) -> None:
+    def _open(
+        self,
+        config: dict[str, Any],
+        resume: bool,
+        fill_env_defaults: Callable[[str, dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         remove_stale_temporaries(self.path, "*.json")  # config/best writes cut short by a kill
         cfg_path = self.path / CONFIG
         ep_path = self.path / EPISODES
@@ -352,8 +397,9 @@ class RunRecord:
             self.pending_config = dict(config)
             return
         old = self.config
-        keys = ("env_id", "env_kwargs", "agent", "agent_kwargs", "seed")
+        keys = ("env_id", "agent", "agent_kwargs", "seed")
         diff = {k: (old.get(k), config.get(k)) for k in keys if to_jsonable(old.get(k)) != to_jsonable(config.get(k))}
+        diff.update(_env_kwargs_diff(old, config, fill_env_defaults))
         if diff:
             raise ValueError(
                 f"cannot resume {self.path} with other settings: {diff} (recorded, asked); "

@@ -22,6 +22,7 @@ import gymnasium as gym
 from pf_agents.base import EpisodeBudget, EpisodeRecorder
 from pf_agents.records import RunRecord
 from pf_agents.registry import AGENTS, get_agent_class
+from pf_envs.registry import env_kwargs_with_defaults
 
 
 @dataclass
@@ -139,7 +140,8 @@ def search(
         "run_dir": str(run_dir), "python": platform.python_version(), "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     # Takes the run folder's lock first: from here on this process is its only writer.
-    record = RunRecord.open(run_dir, config, resume)
+    record = RunRecord.open(run_dir, config, resume,
+                            fill_env_defaults=env_kwargs_with_defaults if isinstance(env, str) else None)
     budget = EpisodeBudget(done=len(record.episodes), total=int(episodes))
     instance: gym.Env | None = None
     logger = None

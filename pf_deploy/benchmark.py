@@ -86,6 +86,18 @@ class ManifestError(DeployError, ValueError):
 # ----------------------------------------------------------------------------- the manifest
 
 
+def _stays_inside(folder: str | os.PathLike[str] | None, name: Any) -> bool:
+    """``name`` is a relative path without ``..`` and (with ``folder``) resolves inside it (a
+    symbolic link out of the folder does not): a manifest names its files relative to its own
+    folder (docs/export.md)."""
+    if not isinstance(name, str) or not name:
+        return False
+    rel = Path(name)
+    if rel.is_absolute() or ".." in rel.parts:
+        return False
+    return folder is None or (Path(folder) / rel).resolve().is_relative_to(Path(folder).resolve())
+
+
 def validate_manifest(manifest: Any, folder: str | os.PathLike[str] | None = None) -> None:
     """Check a manifest against the schema (docs/export.md); with ``folder``, also that every
     file it names exists there.
@@ -110,8 +122,9 @@ def validate_manifest(manifest: Any, folder: str | os.PathLike[str] | None = Non
              f"{m['name']}: test_accuracy must be null or a fraction")
         need(m["test_images"] is None or isinstance(m["test_images"], int),
              f"{m['name']}: test_images must be an integer or null")
-        need(not Path(m["file"]).is_absolute() and ".." not in Path(m["file"]).parts,
-             f"{m['name']}: file must be a relative path inside the folder")
+        need(_stays_inside(folder, m["file"]),
+             f"{m['name']}: file {m['file']!r} points outside the folder (it must be a relative path inside it; "
+             "this manifest was edited or damaged)")
         if folder is not None:
             need((Path(folder) / m["file"]).is_file(), f"{m['file']} is missing")
     inp = manifest.get("input")
@@ -126,6 +139,7 @@ def validate_manifest(manifest: Any, folder: str | os.PathLike[str] | None = Non
     need(isinstance(manifest.get("class_names"), list) and manifest["class_names"], "'class_names' must be a list")
     td = manifest.get("test_data")
     need(td is None or isinstance(td, str), "'test_data' must be a file name or null")
+    need(td is None or _stays_inside(folder, td), f"'test_data' {td!r} points outside the folder")
     if folder is not None and td is not None:
         need((Path(folder) / td).is_file(), f"{td} is missing")
     need(isinstance(manifest.get("source"), dict), "'source' must be an object")

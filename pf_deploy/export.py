@@ -414,11 +414,12 @@ def main(argv: list[str] | None = None) -> int:
     from learners.onnx_export import ExportError
     from learners.ort_int8 import QuantizationError
     from pf_envs.data import DataError
+    from pf_envs.zoo import CheckpointError
 
     try:
         return _export(args)
     except (FileNotFoundError, ValueError, TypeError, BundleError, ManifestError, ExportError, QuantizationError,
-            DataError) as exc:
+            DataError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -30,6 +30,12 @@ re-training, ~16 minutes per epoch of ResNet-20 on the whole training split (Mob
 several times that): ``--retrain-args '--train-images 5000'`` makes an epoch ~9x shorter;
 export, about a minute per model on 10,000 test images (``--export-args '--test-samples 2000'``);
 the benchmark, ``--bench-runs`` batch-1 runs per model and thread count (seconds).
+
+One job writes an ``--out`` folder: the job holds ``OUT/.lock`` (``flock``, released by the OS
+when the process ends) from its start to its end, through every stage, so a second
+``pf-compress`` on the same ``--out`` exits at once with ``error: OUT is being written by
+another compress job (pid N on host ...)`` (exit 2) instead of racing the first into the
+same files.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 from pf_agents.cli import EXIT_INTERRUPTED, parse_kwargs
+from pf_agents.records import RunLock, RunLockedError, RunWriteError
 from pf_agents.registry import AGENTS
 
 #: The folder that holds the project's packages (a checkout or site-packages): put on the
@@ -64,6 +71,12 @@ class Stage:
     output: Path
     ran: bool
     seconds: float
+
+
+#: What a second job on the same ``--out`` is told (exit 2).
+OUT_BUSY = ("{folder} is being written by another compress job ({holder}): one --out folder has one job. Wait "
+            "for it to finish (or stop it), then run the same command again; to run another job at the same "
+            "time, pass another --out")
 
 
 class StageError(RuntimeError):
@@ -173,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from pf_envs.data import DataError
+    from pf_envs.zoo import CheckpointError
     try:
         stages = run_pipeline(args)
     except JobInterrupted as exc:
@@ -184,7 +199,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StageError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError, RunLockedError, RunWriteError,
+            CheckpointError, DataError) as exc:  # a documented id whose checkpoint does not ship: one sentence
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
@@ -199,10 +215,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run_pipeline(args: argparse.Namespace) -> list[Stage]:
-    """Run (or skip) every stage of the job described by ``args`` (see :func:`build_parser`)."""
-    import gymnasium as gym
+    """Run (or skip) every stage of the job described by ``args`` (see :func:`build_parser`),
+    holding ``OUT/.lock`` from the start to the end of the last stage.
 
-    from pf_envs.policy_replay import episode_policy
+    Raises:
+        RunLockedError: another job holds the ``--out`` folder.
+    """
     from pf_envs.registry import check_env_id
 
     if (args.env is None) == (args.run is None):
@@ -210,6 +228,27 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
     if args.retrain_epochs < 0 or args.episodes < 1 or args.nproc < 1:
         raise ValueError("--episodes and --nproc must be >= 1 and --retrain-epochs >= 0")
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file: pass a folder (it is created if missing)")
+    if args.env is not None:
+        check_env_id(args.env)  # before anything is created
+    out.mkdir(parents=True, exist_ok=True)
+    # one job per --out, from here to the end of the last stage: two jobs would search into
+    # one run folder, then replay, re-train and export into the same files
+    lock = RunLock(out, busy=OUT_BUSY)
+    lock.acquire()
+    try:
+        return _run_stages(args, out)
+    finally:
+        lock.release()
+
+
+def _run_stages(args: argparse.Namespace, out: Path) -> list[Stage]:
+    import gymnasium as gym
+
+    from pf_envs.policy_replay import episode_policy
+    from pf_envs.registry import check_env_id
+
     threads = ["--threads", str(args.threads)] if args.threads else []
     stages: list[Stage] = []
 

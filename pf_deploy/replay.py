@@ -25,7 +25,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from pf_agents.cli import on_interrupt
+from pf_envs.data import DataError
 from pf_envs.policy_replay import Replayed, replay
+from pf_envs.zoo import CheckpointError
 
 
 def replay_run(
@@ -38,15 +40,35 @@ def replay_run(
     recorded in its ``config.json``; ``env_kwargs`` overrides some of them (e.g.
     ``reward_split="test"`` to score the same candidate on the test split).
 
+    The env is checked against the run's recorded fingerprints before the replay, and the
+    replayed reward against the recorded one after it (:func:`pf_envs.recorded.check_recorded`).
+
     Raises:
         FileNotFoundError: not a run folder, or nothing scored yet.
         ValueError: no such episode, or the policy does not fit the env.
+        RecordMismatchError (a ValueError): another base model or recovery recipe than the
+            recorded ones (an edited config.json, another checkpoint or env version), or a
+            bit-deterministic env's reward other than the recorded one.
     """
+    import gymnasium as gym
+
     from pf_agents.records import run_episode  # the run folder's one reader (same damage rules)
+    from pf_envs.recorded import check_recorded
+    from pf_envs.registry import check_env_id
 
     run, record = run_episode(run_dir, episode)
-    kwargs = {**run.config.get("env_kwargs", {}), **dict(env_kwargs or {})}
-    return replay(run.config["env_id"], kwargs, record)
+    config = run.config
+    kwargs = {**config.get("env_kwargs", {}), **dict(env_kwargs or {})}
+    env_id = config.get("env_id")
+    check_env_id(env_id)
+    env = gym.make(env_id, **kwargs)
+    try:
+        check_recorded(env, config, overrides=env_kwargs, where=str(run_dir))
+        out = replay(env_id, kwargs, record, env=env)
+        check_recorded(env, config, overrides=env_kwargs, record=record, reward=out.reward, where=str(run_dir))
+    finally:
+        env.close()
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["reward_samples"] = args.samples
     try:
         out = replay_run(args.run_dir, args.episode, env_kwargs=overrides)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, CheckpointError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     info = out.info

@@ -120,6 +120,8 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
     from learners.training import evaluate, finetune
     from pf_deploy.starting_model import resolve_source, starting_model, teacher_of
     from pf_envs.compressed import save_compressed
+    from pf_envs.data import DataError
+    from pf_envs.zoo import CheckpointError
 
     log = print if ctx.is_main else (lambda _m: None)
     try:
@@ -136,7 +138,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
         source = resolve_source(run=args.run, record=args.record, policy=args.policy, episode=args.episode,
                                 env_id=args.env, env_kwargs=args.env_kwargs)
         env = source.make_env()
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, CheckpointError, DataError) as exc:
         return _fail(str(exc))
     base = env.unwrapped
     out = Path(args.out)
@@ -170,7 +172,7 @@ def _run(args: argparse.Namespace, ctx: Any) -> int:
                 p.requires_grad_(True)
         else:
             model = starting_model(source, env, group_size=args.group_size, finetune_fn=group_ft, log=log)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
+    except (FileNotFoundError, ValueError, TypeError, CheckpointError, DataError) as exc:
         return _fail(str(exc))
     writer = None
 

@@ -40,6 +40,9 @@ class PolicySource:
             start from the replayed candidate.
         origin: what the policy was read from, for the output record.
         record_kwargs: the kwargs to record (``env_kwargs`` without the caller's run-local ones).
+        recorded: what the policy's record says it was made on (a run's ``config.json``:
+            ``env_id``, ``env_kwargs``, ``base_model``, ``recovery``), checked against the env.
+        overrides: the kwargs the caller put on top of the recorded ones.
     """
 
     env_id: str
@@ -49,9 +52,13 @@ class PolicySource:
     weights: Path | None = None
     origin: dict[str, Any] = field(default_factory=dict)
     record_kwargs: dict[str, Any] = field(default_factory=dict)
+    recorded: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
 
     def make_env(self):
-        """The env (``gym.make``), its base model checked against the record's fingerprint."""
+        """The env (``gym.make``), checked against the record's fingerprints
+        (:func:`pf_envs.recorded.check_recorded`: the base model, and for a run's records the
+        recovery recipe)."""
         import gymnasium as gym
 
         from pf_envs.model_env import ModelCompressionEnv
@@ -63,13 +70,18 @@ class PolicySource:
         if not isinstance(base, ModelCompressionEnv):
             env.close()
             raise TypeError(f"{self.env_id} has no model to re-train")
-        fp = self.model_fingerprint
-        if fp and base.model_fingerprint and fp != base.model_fingerprint:
+        from pf_envs.recorded import check_recorded
+
+        recorded = {"env_id": self.env_id, **self.recorded}
+        if self.model_fingerprint and not recorded.get("base_model"):
+            recorded["base_model"] = self.model_fingerprint
+        try:
+            check_recorded(env, recorded, overrides=self.overrides,
+                           where=str(self.origin.get("run_dir") or self.origin.get("record")
+                                     or self.origin.get("compressed_model") or "the policy's record"))
+        except BaseException:
             env.close()
-            raise ValueError(
-                f"the policy was searched on a base model with fingerprint {fp}, but {self.env_id} with these kwargs "
-                f"loads one with {base.model_fingerprint}: pass the checkpoint the search used "
-                "(--env-kwargs checkpoint=PATH)")
+            raise
         return env
 
     def identity(self, extra: Mapping[str, Any] | None = None) -> tuple[str, str]:
@@ -156,7 +168,8 @@ def resolve_source(
         found, rec = run_episode(run, episode)
         cfg = found.config
         return _from_episode(rec, cfg.get("env_id"), cfg.get("env_kwargs", {}), overrides, env_id,
-                             cfg.get("base_model"), {"run_dir": str(run), "episode": rec.get("episode")}, str(run))
+                             cfg.get("base_model"), {"run_dir": str(run), "episode": rec.get("episode")}, str(run),
+                             cfg)
     path = Path(record)
     from pf_envs.compressed import FORMAT, read_model_record
 
@@ -172,7 +185,8 @@ def resolve_source(
         values = _check_policy(rec["policy"], str(path))
         kwargs = {**rec["env_kwargs"], **overrides}
         return PolicySource(rec["env_id"], kwargs, values, rec.get("model_fingerprint"), weights,
-                            {"compressed_model": str(weights)}, kwargs)
+                            {"compressed_model": str(weights)}, kwargs,
+                            {"env_kwargs": dict(rec["env_kwargs"])}, overrides)
     config_path = path.parent / "config.json"
     config = _read_json(config_path, "") if config_path.is_file() else {}
     if path.suffix == ".jsonl":
@@ -198,12 +212,13 @@ def resolve_source(
             raise ValueError(f"{path} is not a policy record: it has no 'applied' values (pass a search's best.json, "
                              "an episodes.jsonl, or a compressed model's .json written by save_compressed)")
     return _from_episode(rec, config.get("env_id"), config.get("env_kwargs", {}), overrides, env_id,
-                         config.get("base_model"), {"record": str(path), "episode": rec.get("episode")}, str(path))
+                         config.get("base_model"), {"record": str(path), "episode": rec.get("episode")}, str(path),
+                         config if isinstance(config, dict) else {})
 
 
 def _from_episode(rec: Mapping[str, Any], rec_env: str | None, rec_kwargs: Mapping[str, Any],
                   overrides: Mapping[str, Any], env_id: str | None, fingerprint: str | None,
-                  origin: dict[str, Any], where: str) -> PolicySource:
+                  origin: dict[str, Any], where: str, config: Mapping[str, Any] | None = None) -> PolicySource:
     if "applied" not in rec:
         raise ValueError(f"{where}: the episode record has no 'applied' values; the record is damaged")
     from pf_envs.policy_replay import episode_policy
@@ -216,7 +231,10 @@ def _from_episode(rec: Mapping[str, Any], rec_env: str | None, rec_kwargs: Mappi
     if env_id and rec_env and env_id != rec_env:
         raise ValueError(f"{where} was searched on {rec_env}, not --env {env_id}")
     kwargs = {**dict(rec_kwargs), **dict(overrides)}
-    return PolicySource(env, kwargs, values, fingerprint, None, origin, kwargs)
+    # the recorded fingerprints are checked when the recorded env is the one built
+    recorded = {k: config[k] for k in ("env_kwargs", "base_model", "recovery") if k in config} if (
+        config and (not env_id or env_id == rec_env)) else {}
+    return PolicySource(env, kwargs, values, fingerprint, None, origin, kwargs, recorded, dict(overrides))
 
 
 # -- the starting model -------------------------------------------------------------------------

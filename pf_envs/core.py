@@ -86,6 +86,25 @@ def minmax(features: np.ndarray) -> np.ndarray:
     return ((features - lo) / span).astype(np.float32)
 
 
+def _numeric_action(action: Any, step: int) -> np.ndarray:
+    """``action`` as a flat float64 array, if it is a number or a numeric array (int or float;
+    a tensor or a list of numbers too); a string, bytes, a bool, None or an array of any of
+    them is refused with a ``TypeError`` instead of being coerced to a number."""
+    kind = "" if isinstance(action, (str, bytes, bool, np.bool_)) or action is None else None
+    if kind is None:
+        try:
+            arr = np.asarray(action)
+        except (TypeError, ValueError):  # ragged lists and other shapes numpy cannot hold
+            arr = np.asarray(None)
+        kind = arr.dtype.kind
+        if kind in "iuf":
+            return arr.astype(np.float64).reshape(-1)
+    raise TypeError(
+        f"action at step {step} is {action!r} ({type(action).__name__}): an action must be a number or a "
+        "numeric array (int or float) holding one number in [-1, 1], not a string, bytes, a bool or None"
+    )
+
+
 class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     """Base class: one step per compression unit, clamped actions, sparse final reward.
 
@@ -165,7 +184,8 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         if floor > self.budget + 1e-9:
             raise ValueError(
                 f"{self.budget_kwarg}={budget} is unreachable for {self._subject()}: with every unit at "
-                f"{self.floor_kwarg} the policy still keeps {floor:.3f} of its {cost.name}; choose "
+                f"{self.floor_kwarg} the policy still keeps {floor:.3f} of its {cost.name}"
+                f"{self._unreachable_note()}; choose "
                 f"{self.budget_kwarg} >= {math.ceil(floor * 1000) / 1000} or lower {self.floor_kwarg}"
             )
         self._static = minmax(static)
@@ -177,6 +197,11 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
 
     def _subject(self) -> str:
         return type(self).__name__
+
+    def _unreachable_note(self) -> str:
+        """Said after "still keeps X of its cost" when the budget is unreachable (e.g. which
+        layers no unit can compress, and why); empty by default."""
+        return ""
 
     def _set_visit_order(self, order: list[int]) -> None:
         """Visit the units in ``order`` this episode (the clamp, the features and the ``rest``
@@ -320,7 +345,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
     def step(self, action: np.ndarray) -> tuple[np.ndarray, SupportsFloat, bool, bool, dict[str, Any]]:
         if self._done:
             raise RuntimeError("the episode is over (or never started): call reset() first")
-        a = np.asarray(action, dtype=np.float64).reshape(-1)
+        a = _numeric_action(action, self._t)
         if a.size != 1:
             raise ValueError(f"action must hold exactly one number, got shape {np.shape(action)}")
         if not np.isfinite(a[0]):

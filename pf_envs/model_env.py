@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import functools
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ from torch import nn
 from learners.recovery import BN_SEED, BatchNormReference, RecoveryRecipe, batchnorm_reference, bn_batches, recover
 from learners.training import evaluate
 from pf_envs import zoo
-from pf_envs.cache import cache_key, cached, model_fingerprint
+from pf_envs.cache import cache_key, cached, decode_fraction, model_fingerprint
 from pf_envs.core import CompressionEnv, resolve_device
 from pf_envs.data import DATASETS, load_dataset
 from pf_envs.layers import count_macs
@@ -65,6 +66,14 @@ COMMON_SETTINGS: dict[str, Setting] = {
 #: the model, which enters the fingerprint through its weights).
 NOT_RECOVERY: tuple[str, ...] = ("self", "model", "checkpoint", "data_root", "device", "cache", "render_mode",
                                  "unknown")
+
+
+#: A base model whose accuracy is at most this many times chance (1 / classes) is warned about.
+NEAR_CHANCE = 2.0
+
+
+class NearChanceWarning(UserWarning):
+    """The base model scores near chance on the reward images (untrained, or other data)."""
 
 
 def count_params(model: nn.Module) -> int:
@@ -152,23 +161,51 @@ class ModelCompressionEnv(CompressionEnv):
         self._setup_method()
         if self.cost is None:
             raise NotImplementedError(f"{name}._setup_method must call self._setup_budget(...)")
-        self.recovery_fingerprint = cache_key("recovery", **{
-            **self._fingerprint_settings, "version": self.RECOVERY_VERSION, "model": self.model_fingerprint,
-            **self._resolved_settings(), "input_size": self.input_size, "ft_lr": self.ft_lr,
-        })
+        self.recovery_fingerprint = self._recovery_key(self._fingerprint_settings)
         acc_key = cache_key(
             "accuracy", model=self.model_fingerprint, split=self.reward_split, n=len(self.reward_data),
             data=self.data.source, size=self.input_size,
         )
-        self.accuracy_original = float(cached(
+        self.accuracy_original = cached(
             acc_key, lambda: evaluate(self.model.to(self.device), self.reward_data, device=self.device),
-            enabled=self.cache_enabled,
-        ))
+            enabled=self.cache_enabled, decode=decode_fraction,
+        )
         self.model.cpu()
+        self._warn_near_chance()
         self._compressed: nn.Module | None = None
         self._ft_seed = 0
 
+    # -- fingerprints --------------------------------------------------------------------------
+    def _recovery_key(self, fingerprint_settings: dict[str, Any]) -> str:
+        return cache_key("recovery", **{
+            **fingerprint_settings, "version": self.RECOVERY_VERSION, "model": self.model_fingerprint,
+            **self._resolved_settings(), "input_size": self.input_size, "ft_lr": self.ft_lr,
+        })
+
+    def recovery_fingerprint_with(self, settings: dict[str, Any]) -> str:
+        """The recovery fingerprint this env would have with ``settings`` in place of its own
+        (e.g. the recorded values of kwargs a replay overrides, such as ``reward_split``).
+        Settings resolved from others (``ft_lr``, ``channel_round``, ...) keep this env's values."""
+        changed = dict(self._fingerprint_settings)
+        changed.update({k: plain(v) for k, v in settings.items() if k not in NOT_RECOVERY})
+        if changed.get("bn_mode") == "reestimate":
+            del changed["bn_mode"]
+        return self._recovery_key(changed)
+
     # -- checks --------------------------------------------------------------------------------
+    def _warn_near_chance(self) -> None:
+        """Warn when the base model scores near chance: an untrained model (or one trained on
+        other data or labels) gives rewards that say nothing about the compression."""
+        chance = 1.0 / self.data.num_classes
+        if self.accuracy_original <= NEAR_CHANCE * chance:
+            warnings.warn(
+                f"{type(self).__name__}: the base model {self.model_name} scores {self.accuracy_original:.3f} on "
+                f"{len(self.reward_data)} {self.reward_split} images, near chance ({chance:.3g} for "
+                f"{self.data.num_classes} classes): it looks untrained or trained for other data, so a search on "
+                "it finds nothing useful; pass a trained model (model=..., checkpoint=...)",
+                NearChanceWarning, stacklevel=3,
+            )
+
     def _subject(self) -> str:
         return self.model_name
 
@@ -269,7 +306,15 @@ class ModelCompressionEnv(CompressionEnv):
             self.model.cpu()
             return ref.to_lists()
 
-        return BatchNormReference.from_lists(cached(key, compute, enabled=self.cache_enabled))
+        def decode(raw: Any) -> BatchNormReference:
+            ref = BatchNormReference.from_lists(raw)
+            names = {n for n, m in self.model.named_modules()
+                     if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None}
+            if set(ref.original) != names or set(ref.estimated) != names:
+                raise KeyError("the statistics name other BatchNorm layers than the model's")
+            return ref
+
+        return cached(key, compute, enabled=self.cache_enabled, decode=decode)
 
     @functools.cached_property
     def total_macs(self) -> float:

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Mapping
 from typing import Any
 
 import gymnasium as gym
@@ -67,3 +69,23 @@ def check_env_id(env_id: str) -> None:
 def env_ids(method: str | None = None) -> list[str]:
     """Registered ids, optionally of one method."""
     return sorted(i for i in ENV_IDS if method is None or i.startswith(f"{method}-"))
+
+
+def env_kwargs_with_defaults(env_id: str, env_kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The kwargs ``gym.make(env_id, **env_kwargs)`` builds the env with: the defaults of its
+    entry point's signature, under the id's registered kwargs, under ``env_kwargs`` (what
+    the env's ``settings`` hold; what a resume compares).
+
+    Raises:
+        KeyError / ValueError: ``env_id`` is not registered.
+    """
+    from gymnasium.envs.registration import load_env_creator
+
+    register_all()
+    spec = gym.spec(env_id)
+    creator = load_env_creator(spec.entry_point) if isinstance(spec.entry_point, str) else spec.entry_point
+    defaults = {
+        name: p.default for name, p in inspect.signature(creator).parameters.items()
+        if p.default is not inspect.Parameter.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+    }
+    return {**defaults, **dict(spec.kwargs), **dict(env_kwargs)}

@@ -153,6 +153,56 @@ def test_unshipped_checkpoint_is_a_clear_error(cifar_root, monkeypatch, tmp_path
         gym.make("ChannelPrune-ResNet56-v0", **SMALL_ENV_KWARGS)
 
 
+def test_a_base_model_near_chance_is_warned_about(cifar_root, recwarn):
+    from pf_envs.zoo import create_model
+
+    torch.manual_seed(0)
+    untrained = create_model("resnet20", "cifar10")  # random weights: about 1 in 10 right
+    with pytest.warns(UserWarning, match=r"scores 0\.\d+ on 200 val images, near chance \(0\.1 for 10 classes\)"):
+        env = gym.make("ChannelPrune-v0", model=untrained, **SMALL_ENV_KWARGS)
+    assert env.unwrapped.accuracy_original < 0.2
+    recwarn.clear()
+    trained = gym.make("ChannelPrune-ResNet20-v0", **SMALL_ENV_KWARGS)  # the shipped checkpoint: no word
+    assert trained.unwrapped.accuracy_original > 0.8
+    assert not [w for w in recwarn if "near chance" in str(w.message)]
+
+
+class _GroupedNet(nn.Module):
+    """conv1 feeds conv2, a groups=2 convolution (not depthwise), which feeds conv3."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16)
+        self.conv2, self.bn2 = nn.Conv2d(16, 32, 3, padding=1, groups=2), nn.BatchNorm2d(32)
+        self.conv3, self.bn3 = nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64)
+        self.conv4 = nn.Conv2d(64, 64, 3, padding=1)
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.bn2(self.conv2(x)))
+        x = torch.relu(self.bn3(self.conv3(x)))
+        return self.fc(torch.relu(self.conv4(x)).mean((2, 3)))
+
+
+def test_a_grouped_convolution_says_which_layers_are_left_out_and_why(cifar_root):
+    from pf_envs.envs.channel_prune import channel_table
+
+    table = channel_table(_GroupedNet(), 32)
+    assert [g.producers for g in table.groups] == [("conv3",), ("conv4",)]
+    assert [left.layers for left in table.left_out] == [("conv1", "conv2"), ("conv2", "conv3")]
+    assert "conv2 (groups=2)" in table.left_out[0].reason and "left out" in str(table)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match=r"left out of every prunable group.*conv1, conv2 keep 16 channels.*"
+                                         r"grouped convolution conv2 \(groups=2\)"):
+        gym.make("ChannelPrune-v0", model=_GroupedNet(), flops_budget=0.6, **SMALL_ENV_KWARGS)
+    with pytest.raises(ValueError, match=r"flops_budget=0.05 is unreachable.*still keeps 0\.\d+ of its macs "
+                                         r"\(channels left out of every prunable group are always kept: conv1, conv2 "
+                                         r"keep 16 channels: .*conv2 \(groups=2\).*\); choose flops_budget >="):
+        with pytest.warns(UserWarning):
+            gym.make("ChannelPrune-v0", model=_GroupedNet(), flops_budget=0.05, **SMALL_ENV_KWARGS)
+
+
 def test_unknown_env_id():
     with pytest.raises(gym.error.Error):
         gym.make("ChannelPrune-VGG16-v0")

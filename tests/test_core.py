@@ -153,6 +153,28 @@ def test_non_finite_actions_are_refused(bad):
         env.step(np.zeros(2, np.float32))
 
 
+@pytest.mark.parametrize("bad", ["0.5", "abc", b"0.5", True, np.True_, None, [None], ["0.5"],
+                                 np.array([True]), np.array(["0.5"]), np.array([0.5 + 0j])])
+def test_actions_that_are_not_numbers_are_refused(bad):
+    env = _stub("weight_bits", 0.6)
+    env.reset(seed=0)
+    with pytest.raises(TypeError, match=r"action at step 0 is .*must be a number or a numeric array") as err:
+        env.step(bad)
+    assert "nan" not in str(err.value).replace("numeric", "")
+    assert env.raw_actions == []  # nothing was applied
+
+
+@pytest.mark.parametrize("good", [0.5, 1, np.float32(0.5), np.int64(0), [0.5], np.array([0.5], np.float16)])
+def test_numbers_and_numeric_arrays_are_actions(good):
+    import torch
+
+    for action in (good, torch.tensor([0.5])):
+        env = _stub("weight_bits", 0.6)
+        env.reset(seed=0)
+        env.step(action)
+        assert len(env.raw_actions) == 1
+
+
 def test_step_before_reset_and_after_the_end():
     env = _stub("latency", 0.8)
     with pytest.raises(RuntimeError, match="reset"):

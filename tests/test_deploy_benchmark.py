@@ -177,7 +177,8 @@ def test_different_input_shapes(no_torch_env, export_dir, other_shape_model, tmp
     assert all(len(g["models"]) == 1 and g["models"][0]["accuracy"] is None for g in groups)
 
 
-@pytest.mark.parametrize("case", ["not_a_model", "missing", "bad_manifest", "wrong_suffix", "bad_reference"])
+@pytest.mark.parametrize("case", ["not_a_model", "missing", "bad_manifest", "wrong_suffix", "bad_reference",
+                                  "file_outside", "test_data_outside"])
 def test_bad_input_is_a_clear_error(case, no_torch_env, export_dir, tmp_path):
     if case == "not_a_model":
         bad = tmp_path / "junk.onnx"
@@ -193,6 +194,18 @@ def test_bad_input_is_a_clear_error(case, no_torch_env, export_dir, tmp_path):
         bad = tmp_path / "model.pt"
         shutil.copy(export_dir / "model.onnx", bad)
         args, expect = [bad], "unknown model file type"
+    elif case in ("file_outside", "test_data_outside"):  # docs/export.md: paths are relative to the folder
+        manifest = json.loads((export_dir / "manifest.json").read_text())
+        if case == "file_outside":
+            manifest["models"][0]["file"] = f"../{export_dir.name}/{manifest['models'][0]['file']}"
+        else:
+            manifest["test_data"] = f"../{export_dir.name}/{manifest['test_data']}"
+        bundle = tmp_path / "bundle"
+        bundle.mkdir()
+        for m in manifest["models"][1 if case == "file_outside" else 0:]:
+            shutil.copy(export_dir / m["file"], bundle / m["file"])
+        (bundle / "manifest.json").write_text(json.dumps(manifest))
+        args, expect = [bundle / "manifest.json"], "points outside its folder"
     else:
         args, expect = [export_dir / "manifest.json", "--reference", "nope"], "--reference 'nope' matches 0"
     proc = run_deploy(no_torch_env, *args, *FAST, check=False)

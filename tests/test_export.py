@@ -240,6 +240,28 @@ def test_cli_bad_inputs_are_clear_errors(compressed, tmp_path, capsys):
     fails(["resnet20", "--imagenet-twin"], "no ImageNet-shaped variant")
 
 
+def test_a_checkpoint_with_nan_weights_says_they_are_not_finite(compressed, tmp_path, capsys):
+    import copy
+
+    import torch
+
+    from pf_envs.compressed import save_compressed
+
+    model, path = compressed
+    record = json.loads(path.with_suffix(".json").read_text())
+    broken = copy.deepcopy(model)
+    name, weight = next((n, p) for n, p in broken.named_parameters() if p.ndim == 4)
+    with torch.no_grad():
+        weight[0, 0, 0, 0] = float("nan")
+    nan_file = tmp_path / "nan.pt"
+    save_compressed(broken, nan_file, env_id=record["env_id"], env_kwargs=record["env_kwargs"],
+                    policy=record["policy"], model_fingerprint=record["model_fingerprint"])
+    assert _export([nan_file, "--out", tmp_path / "o", "--test-samples", 0]) == 2
+    err = capsys.readouterr().err
+    assert "weights are not finite" in err and name in err and "report it" not in err, err
+    assert not (tmp_path / "o").exists()
+
+
 def test_manifest_schema_is_checked(tmp_path):
     from pf_deploy.benchmark import ManifestError, read_manifest, validate_manifest
 
@@ -265,6 +287,37 @@ def test_manifest_schema_is_checked(tmp_path):
         validate_manifest(good, tmp_path)
     with pytest.raises(ManifestError, match="does not exist"):
         read_manifest(tmp_path)
+
+
+def test_a_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path):
+    """docs/export.md: a manifest's paths are relative to its folder; '..', an absolute path, or
+    a symbolic link out of the folder are refused, for the models and for test_data."""
+    from pf_deploy.benchmark import ManifestError as BundleError, validate_manifest
+
+    bundle, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
+    bundle.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "model.onnx").write_bytes(b"x")
+    (elsewhere / "test.npz").write_bytes(b"x")
+    (bundle / "model.onnx").symlink_to(elsewhere / "model.onnx")
+    (bundle / "test.npz").symlink_to(elsewhere / "test.npz")
+    good = {
+        "format": "pocketflow-gym/deploy-manifest/1",
+        "models": [{"name": "fp32", "file": "model.onnx", "precision": "fp32", "macs": 1, "params": 1,
+                    "size_bytes": 1, "test_accuracy": None, "test_images": None}],
+        "input": {"name": "input", "shape": [None, 3, 32, 32], "dtype": "float32", "layout": "NCHW"},
+        "preprocess": {"scale": 1 / 255, "mean": [0.0] * 3, "std": [1.0] * 3},
+        "class_names": ["a"], "test_data": None, "source": {},
+    }
+    for name in ("model.onnx", "../elsewhere/model.onnx", str(elsewhere / "model.onnx")):
+        with pytest.raises(BundleError, match="points outside the folder"):
+            validate_manifest({**good, "models": [{**good["models"][0], "file": name}]}, bundle)
+    (bundle / "model.onnx").unlink()
+    (bundle / "model.onnx").write_bytes(b"x")
+    validate_manifest(good, bundle)
+    for name in ("test.npz", "../elsewhere/test.npz"):
+        with pytest.raises(BundleError, match="'test_data' .* points outside the folder"):
+            validate_manifest({**good, "test_data": name}, bundle)
 
 
 def test_imagenet_twin_takes_the_channel_counts():

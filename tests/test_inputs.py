@@ -127,6 +127,86 @@ def test_the_cache_key_covers_torchvision_batch_files(tmp_path, private_cache):
     assert len(load_cifar10(tmp_path, download=False, val_per_class=2).test) == 30
 
 
+def _rewrite_image_cache(cache: Path, change) -> Path:
+    """Apply ``change`` to the one decoded-image cache file's dict and save it back."""
+    (path,) = cache.glob("cifar10-*.pt")
+    content = torch.load(path, weights_only=True)
+    change(content)
+    torch.save(content, path)
+    data.clear_dataset_cache()
+    return path
+
+
+def _cut_short(content: dict) -> None:
+    for split in ("train", "test"):
+        content[split] = {k: v[: len(v) // 2] for k, v in content[split].items()}
+
+
+def test_an_image_cache_cut_short_is_rebuilt_with_a_notice(tmp_path, private_cache):
+    _cifar_tree(tmp_path)
+    first = load_cifar10(tmp_path, download=False, val_per_class=1)
+    path = _rewrite_image_cache(private_cache, _cut_short)
+    with pytest.warns(UserWarning, match=r"decoded-image cache .*holds 20 train images where the data has 40"):
+        again = load_cifar10(tmp_path, download=False, val_per_class=1)
+    assert (len(again.train), len(again.val), len(again.test)) == (len(first.train), len(first.val), len(first.test))
+    assert torch.equal(again.test.images, first.test.images)
+    assert torch.load(path, weights_only=True)["train"]["images"].shape[0] == 40  # rebuilt in full
+
+
+def test_an_image_cache_whose_pixels_changed_fails_its_digest(tmp_path, private_cache):
+    _torchvision_cifar(tmp_path)  # torchvision layout: counts are not known before decoding, the digest is
+    first = load_cifar10(tmp_path, download=False, val_per_class=2).test.images.clone()
+
+    def paint(content: dict) -> None:
+        content["test"]["images"][0] = 255
+
+    _rewrite_image_cache(private_cache, paint)
+    with pytest.warns(UserWarning, match="does not match the digest"):
+        again = load_cifar10(tmp_path, download=False, val_per_class=2).test.images
+    assert torch.equal(again, first)
+
+
+@pytest.mark.parametrize("damage", ["cut", "no-digest", "not-a-dict"])
+def test_a_torchvision_image_cache_that_cannot_prove_its_content_is_rebuilt(tmp_path, private_cache, damage):
+    _torchvision_cifar(tmp_path)
+    first = load_cifar10(tmp_path, download=False, val_per_class=2)
+
+    def change(content: dict) -> None:
+        if damage == "cut":
+            _cut_short(content)
+        elif damage == "no-digest":  # the format before digests: train and test only
+            for key in [k for k in content if k not in ("train", "test")]:
+                del content[key]
+        else:
+            content["train"] = [1, 2, 3]
+
+    _rewrite_image_cache(private_cache, change)
+    with pytest.warns(UserWarning, match="decoded-image cache"):
+        again = load_cifar10(tmp_path, download=False, val_per_class=2)
+    assert len(again.train) + len(again.val) == len(first.train) + len(first.val) == 100
+
+
+def test_a_sound_image_cache_is_used_without_a_word(tmp_path, private_cache, recwarn):
+    _cifar_tree(tmp_path)
+    load_cifar10(tmp_path, download=False, val_per_class=1)
+    data.clear_dataset_cache()
+    load_cifar10(tmp_path, download=False, val_per_class=1)
+    assert not [w for w in recwarn if "cache" in str(w.message)]
+
+
+@pytest.mark.parametrize("stored", [{"accuracy": 0.9}, "0.9", 1.7, [0.9]])
+def test_a_cached_value_of_another_structure_is_recomputed_with_a_notice(private_cache, stored):
+    from pf_envs.cache import cached
+
+    path = private_cache / "envs" / "acc.pt"
+    path.parent.mkdir(parents=True)
+    torch.save(stored, path)
+    with pytest.warns(UserWarning, match=r"cache file .*acc\.pt.*recomputing it"):
+        value = cached("acc", lambda: 0.5, decode=lambda v: float(v) if isinstance(v, float) and v <= 1
+                       else (_ for _ in ()).throw(TypeError("not an accuracy")))
+    assert value == 0.5 and torch.load(path, weights_only=True) == 0.5
+
+
 # ------------------------------------------------------------------ nothing read runs code
 
 
@@ -462,3 +542,53 @@ def test_one_batch_source_protocol():
     assert "batches" not in data.Split.__dict__ and "batches" not in vars(data.Split).get("__annotations__", {})
     assert inspect.signature(batches.BatchSource.batches) == inspect.signature(data.TensorSplit.batches)
     assert inspect.signature(batches.BatchSource.batches) == inspect.signature(data.FolderSplit.batches)
+
+
+def test_cached_accuracies_and_channel_statistics_of_another_structure_are_recomputed(
+    cifar_root, checkpoints, tmp_path, monkeypatch
+):
+    from conftest import SMALL_ENV_KWARGS, make_env
+
+    import pf_envs.cache
+
+    monkeypatch.setattr(pf_envs.cache, "cache_dir", lambda: tmp_path / "env-cache")
+    first = make_env("ChannelPrune-ResNet20-v0", checkpoints, SMALL_ENV_KWARGS).unwrapped
+    consumers = sorted(first._stats())
+    folder = tmp_path / "env-cache" / "envs"
+    (acc_file,) = folder.glob("accuracy-*.pt")
+    (stats_file,) = folder.glob("chnprune-stats-*.pt")
+    torch.save({"accuracy": first.accuracy_original}, acc_file)  # a dict where a number belongs
+    torch.save({name: [1.0, 2.0] for name in consumers}, stats_file)  # lists where the statistics belong
+    with pytest.warns(UserWarning) as notices:
+        again = make_env("ChannelPrune-ResNet20-v0", checkpoints, SMALL_ENV_KWARGS).unwrapped
+        assert sorted(again._stats()) == consumers
+    rebuilt = " ".join(str(w.message) for w in notices)
+    assert acc_file.name in rebuilt and stats_file.name in rebuilt and "another structure" in rebuilt
+    assert again.accuracy_original == first.accuracy_original
+    assert torch.equal(again._stats()[consumers[0]].xtx, first._stats()[consumers[0]].xtx)
+
+
+@pytest.mark.parametrize("entry", ["compress", "replay", "retrain", "export"])
+def test_every_entry_point_says_a_missing_checkpoint_in_one_sentence(entry, cifar_root, tmp_path, monkeypatch,
+                                                                      capsys):
+    """ChannelPrune-ResNet56-v0 is a documented id whose checkpoint does not ship: one sentence,
+    exit 2, no CheckpointError traceback (scripts/search.py: tests/test_search.py)."""
+    monkeypatch.setattr(zoo, "CHECKPOINT_DIR", tmp_path / "no-checkpoints")
+    env_id = "ChannelPrune-ResNet56-v0"
+    if entry == "compress":
+        argv = ["--env", env_id, "--agent", "random", "--episodes", "1", "--out", str(tmp_path / "job")]
+    elif entry == "replay":  # a run folder recorded where the checkpoint was there
+        run = tmp_path / "run"
+        run.mkdir()
+        (run / "config.json").write_text(json.dumps({"env_id": env_id, "env_kwargs": {}, "agent": "random",
+                                                     "agent_kwargs": {}, "seed": 0, "episodes": 1}))
+        (run / "episodes.jsonl").write_text(json.dumps({"episode": 0, "reward": 0.5, "raw_actions": [0.0],
+                                                        "applied": [1.0]}) + "\n")
+        argv = [str(run)]
+    elif entry == "retrain":
+        argv = ["--env", env_id, "--policy", "1.0", "--epochs", "1", "--out", str(tmp_path / "out")]
+    else:
+        argv = ["resnet56", "--out", str(tmp_path / "bundle"), "--test-samples", "0"]
+    assert _script(entry).main(argv) == 2
+    err = capsys.readouterr().err
+    assert "no trained cifar10 checkpoint for 'resnet56'" in err and "Traceback" not in err, err

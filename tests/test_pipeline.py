@@ -39,6 +39,37 @@ def test_a_stage_streams_its_output_and_the_log_keeps_it(tmp_path, capsys):
         _run("three", [sys.executable, "-c", "import sys; sys.exit('boom')"], log)
 
 
+def test_a_second_job_on_the_same_out_is_refused_for_the_whole_job(tmp_path, capsys, monkeypatch):
+    """The --out folder is locked from the search to the last stage: a second compress.py on it
+    says so in one sentence and exits 2 (the search stage is done here, the re-training runs)."""
+    import pf_deploy.job as pipeline
+    from pf_agents.records import RunLock
+
+    out = tmp_path / "job"
+    argv = ["--env", "Toy-v0", "--agent", "random", "--episodes", "2", "--retrain-epochs", "0", "--out", str(out)]
+    second: list[int] = []
+    calls: list[str] = []
+
+    def stage(name, cmd, log):
+        calls.append(name)
+        if len(calls) == 1:
+            second.append(main(argv))  # another job on the same --out while this one runs its second stage
+        raise pipeline.StageError(f"stage {name} stopped by the test")
+
+    monkeypatch.setattr(pipeline, "_run", stage)
+    assert main(argv) == 1  # the first job: stopped by the test in its second stage
+    err = capsys.readouterr().err
+    assert second == [2], err
+    assert f"error: {out} is being written by another compress job (pid" in err and "pass another --out" in err
+    lock = RunLock(out)  # released when the job ended
+    lock.acquire()
+    try:  # and a job started while another holds the folder (e.g. during its search) is refused at once
+        assert main(argv) == 2
+        assert "is being written by another compress job" in capsys.readouterr().err
+    finally:
+        lock.release()
+
+
 @pytest.mark.slow
 def test_the_whole_job_then_a_second_run_skips_every_stage(tmp_path, cifar_root, capsys):
     argv = ["--env", "ChannelPrune-ResNet20-v0", "--agent", "random", "--episodes", "2", "--env-kwargs", SMALL,

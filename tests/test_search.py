@@ -131,6 +131,25 @@ def test_resume_continues_and_refuses_overwrite(env_kwargs, tmp_path):
         search(ENV_ID, episodes=5, resume=True, **{**kw, "env_kwargs": {**env_kwargs, "budget": 0.3}})
 
 
+def test_resume_compares_the_settings_with_the_defaults_filled_in(tmp_path):
+    """A default spelled out (or left out) is the same setting: the resume goes on."""
+    kw = dict(agent="random", seed=1, logdir=tmp_path, progress=False)
+    search(ENV_ID, episodes=2, env_kwargs={"units": 6}, **kw)
+    resumed = search(ENV_ID, episodes=3, resume=True, env_kwargs={"units": 6, "budget": 0.5, "grid": 0.05}, **kw)
+    assert len(resumed.history) == 3
+    assert search(ENV_ID, episodes=4, resume=True, env_kwargs={"units": 6}, **kw).history[-1]["episode"] == 3
+    with pytest.raises(ValueError, match=r"other settings: \{'env_kwargs.budget': \(0.5, 0.3\)\}"):
+        search(ENV_ID, episodes=5, resume=True, env_kwargs={"units": 6, "budget": 0.3}, **kw)
+
+
+def test_resume_with_the_default_flops_budget_spelled_out(resnet_kwargs, tmp_path):
+    """The issue's case: --env-kwargs flops_budget=0.5 (the default) added on --resume."""
+    kw = dict(agent="random", seed=0, logdir=tmp_path, progress=False)
+    search(RESNET_ID, episodes=1, env_kwargs=resnet_kwargs, **kw)
+    resumed = search(RESNET_ID, episodes=2, resume=True, env_kwargs={**resnet_kwargs, "flops_budget": 0.5}, **kw)
+    assert len(resumed.history) == 2
+
+
 def test_resume_refuses_other_base_model_weights(resnet_kwargs, tmp_path):
     """A checkpoint re-trained in place (same path, same kwargs) must not be mixed into a run."""
     import torch
@@ -298,6 +317,19 @@ def test_plain_sb3_algorithms_run_on_the_env(algo, env_kwargs):
                                policy_kwargs={"net_arch": [16, 16]}, seed=0, verbose=0)
     model.learn(total_timesteps=2 * steps)
     assert model.num_timesteps == 2 * steps
+
+
+def test_cli_says_a_missing_checkpoint_in_one_sentence(cifar_root, capsys, monkeypatch, tmp_path):
+    """ChannelPrune-ResNet56-v0 is documented, its checkpoint does not ship: exit 2, no traceback."""
+    from pf_envs import zoo
+
+    monkeypatch.setattr(zoo, "CHECKPOINT_DIR", tmp_path)
+    code = cli_main(["--env", "ChannelPrune-ResNet56-v0", "--agent", "random", "--episodes", "1",
+                     "--logdir", str(tmp_path / "runs"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: no trained cifar10 checkpoint for 'resnet56'"), err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "ChannelPrune-ResNet56-v0__random__seed0").exists()
 
 
 def test_cli_rejects_unknown_agent_and_env(capsys):

@@ -27,17 +27,18 @@ and MACs of later groups (fractions of the total), and the previous applied keep
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from learners.channel_pruning import SELECTIONS, ChannelPruner, ConsumerStats, collect_stats
-from learners.coupling import CoupledChannels, coupled_groups
+from learners.coupling import CoupledChannels, LeftOutChannels, coupled_groups
 from pf_envs.budget import UnitSpace
-from pf_envs.cache import cache_key, cached
+from pf_envs.cache import cache_key, cached, decode_names
 from pf_envs.layers import CostTable, LayerRow, cost_table
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
 from pf_envs.settings import Setting, bind_settings, table_signature
@@ -76,12 +77,21 @@ class ChannelTable:
         in_group / out_group: layer name -> the group holding its input / output channels
             (absent where those channels cannot be pruned: the network input, the classifier
             output, layers the dependency graph could not couple).
+        left_out: channel groups that are not prunable although a layer produces them (a
+            grouped, non-depthwise convolution among their members), with the layers that
+            keep those channels and why.
     """
 
     layers: CostTable
     groups: list[CoupledChannels]
     in_group: dict[str, int]
     out_group: dict[str, int]
+    left_out: list[LeftOutChannels] = field(default_factory=list)
+
+    def left_out_text(self) -> str:
+        """One clause per left-out group: ``conv1, conv2 keep all their 16 channels: ...``
+        (empty when every produced channel is in a prunable group)."""
+        return "; ".join(f"{', '.join(g.layers)} keep {g.channels} channels: {g.reason}" for g in self.left_out)
 
     def __post_init__(self) -> None:
         # (macs, input group, output group, depthwise) per layer: macs_at runs in every clamp
@@ -126,6 +136,8 @@ class ChannelTable:
         for i, grp in enumerate(self.groups):
             lines.append(f"  group {i:>2}: {grp.channels:>5} ch  producers={list(grp.producers)} "
                          f"followers={list(grp.followers)} consumers={list(grp.consumers)}")
+        for left in self.left_out:
+            lines.append(f"  left out: {left.channels:>5} ch  layers={list(left.layers)}: {left.reason}")
         return "\n".join(lines)
 
 
@@ -139,10 +151,13 @@ def channel_table(model: nn.Module, input_size: int | tuple[int, int] = 32, *, i
     param = next(model.parameters())
     example = torch.randn(1, in_channels, *layers.input_size, device=param.device, dtype=param.dtype)
     ignored = [layers.output_layer] if layers.output_layer else []
-    groups = coupled_groups(model, example, ignored=ignored, order=[r.name for r in layers.rows])
+    left_out: list[LeftOutChannels] = []
+    groups = coupled_groups(model, example, ignored=ignored, order=[r.name for r in layers.rows], left_out=left_out)
     out_of = {n: i for i, grp in enumerate(groups) for n in grp.producers + grp.followers}
     in_of = {n: i for i, grp in enumerate(groups) for n in grp.consumers + grp.followers}
-    return ChannelTable(layers, groups, in_of, out_of)
+    position = {r.name: r.index for r in layers.rows}
+    left_out.sort(key=lambda g: [position.get(n, len(position)) for n in g.layers])
+    return ChannelTable(layers, groups, in_of, out_of, left_out)
 
 
 class ChannelMACs:
@@ -237,6 +252,9 @@ class ChannelPruneEnv(ModelCompressionEnv):
         round_default = self.spec.channel_round if self.spec is not None else 8
         self.channel_round = int(s["channel_round"] if s["channel_round"] is not None else round_default)
         self.table = channel_table(self.model, self.input_size)
+        if self.table.left_out:
+            warnings.warn(f"{type(self).__name__}: {self.model_name} has channels left out of every prunable "
+                          f"group, which no policy can prune: {self.table.left_out_text()}", stacklevel=4)
         self.step_groups = [i for i, g in enumerate(self.table.groups) if g.channels > self.channel_round]
         if not self.step_groups:
             raise ValueError(f"{self.model_name} has no prunable channel group (every group has at most "
@@ -246,6 +264,11 @@ class ChannelPruneEnv(ModelCompressionEnv):
         static = [self._static_row(i, g) for i, g in enumerate(self.step_groups)]
         self._setup_budget(spaces, ChannelMACs(self.table, self.step_groups), self.flops_budget, static)
         self.pruner = self._make_pruner()
+
+    def _unreachable_note(self) -> str:
+        if not self.table.left_out:
+            return ""
+        return f" (channels left out of every prunable group are always kept: {self.table.left_out_text()})"
 
     def _make_pruner(self) -> ChannelPruner:
         """The pruner that selects, reconstructs and removes channels: the seam where a method
@@ -289,7 +312,7 @@ class ChannelPruneEnv(ModelCompressionEnv):
             points=int(s["points_per_image"]), data=self.data.source, size=self.input_size,
         )
         feature_split = self.data.train.subset(int(s["feature_images"]), seed=1)
-        raw = cached(
+        return cached(
             key,
             lambda: {
                 n: st.__dict__ for n, st in collect_stats(
@@ -298,8 +321,8 @@ class ChannelPruneEnv(ModelCompressionEnv):
                 ).items()
             },
             enabled=self.cache_enabled,
+            decode=lambda raw: {n: ConsumerStats(**d) for n, d in decode_names(raw, consumers).items()},
         )
-        return {n: ConsumerStats(**d) for n, d in raw.items()}
 
     def _static_row(self, t: int, gid: int) -> list[float]:
         group = self.table.groups[gid]

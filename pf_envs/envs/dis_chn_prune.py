@@ -136,8 +136,14 @@ class DisChnPruneEnv(ChannelPruneEnv):
                     int(s["select_ft_steps"]), float(s["aux_weight"]), bool(s["aux_balance"])],
             round=self.channel_round,
         )
-        raw = cached(key, lambda: [self._order(selector, g).__dict__ for g in direct], enabled=self.cache_enabled)
-        self.group_orders = {g: GroupOrder(**d) for g, d in zip(direct, raw)}
+        def decode(raw: Any) -> list[GroupOrder]:
+            if not isinstance(raw, list) or len(raw) != len(direct):
+                raise ValueError(f"expected the orders of {len(direct)} groups, found {type(raw).__name__}")
+            return [GroupOrder(**d) for d in raw]
+
+        orders = cached(key, lambda: [self._order(selector, g).__dict__ for g in direct],
+                        enabled=self.cache_enabled, decode=decode)
+        self.group_orders = dict(zip(direct, orders))
         return DiscriminationPruner(
             self.model, self.table.groups, stats, {g: o.order for g, o in self.group_orders.items()},
             reconstruct=bool(s["reconstruct"]),
@@ -167,13 +173,15 @@ class DisChnPruneEnv(ChannelPruneEnv):
                 self.model, points, split.batches(200), self.data.num_classes, epochs=int(s["aux_epochs"]))
             return {"heads": {n: h.state_dict() for n, h in heads.items()}, "losses": losses}
 
-        raw = cached(self._heads_key(), train, enabled=self.cache_enabled)
-        heads = {}
-        for p in points:
-            head = AuxiliaryHead(p.channels, self.data.num_classes)
-            head.load_state_dict(raw["heads"][p.name])
-            heads[p.name] = head.eval()
-        return heads, {n: float(v) for n, v in raw["losses"].items()}
+        def decode(raw: Any) -> tuple[dict[str, AuxiliaryHead], dict[str, float]]:
+            heads = {}
+            for p in points:
+                head = AuxiliaryHead(p.channels, self.data.num_classes)
+                head.load_state_dict(raw["heads"][p.name])  # RuntimeError on other shapes
+                heads[p.name] = head.eval()
+            return heads, {n: float(v) for n, v in raw["losses"].items()}
+
+        return cached(self._heads_key(), train, enabled=self.cache_enabled, decode=decode)
 
     # -- the episode -------------------------------------------------------------------------------
     def _build_candidate(self) -> nn.Module:

@@ -17,7 +17,7 @@ values (plus every other parameter at 32 bits).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,9 +47,14 @@ class NonUniformQuantEnv(QuantEnvBase):
         if key not in self._codebooks:
             weight = dict(self.model.named_modules())[layer].weight
             disk_key = cache_key("codebook", model=self.model_fingerprint, layer=layer, bits=int(bits), seed=0)
-            values = cached(disk_key, lambda: torch.from_numpy(fit_codebook(weight, int(bits), seed=0)),
-                            enabled=self.cache_enabled)
-            self._codebooks[key] = np.asarray(values, np.float32)
+            def decode(raw: Any) -> np.ndarray:
+                if not isinstance(raw, torch.Tensor) or raw.ndim != 1 or not 0 < len(raw) <= 2 ** int(bits):
+                    raise ValueError(f"expected a codebook of at most {2 ** int(bits)} values")
+                return np.asarray(raw, np.float32)
+
+            self._codebooks[key] = cached(
+                disk_key, lambda: torch.from_numpy(fit_codebook(weight, int(bits), seed=0)),
+                enabled=self.cache_enabled, decode=decode)
         return self._codebooks[key]
 
     def _codebook_values(self, specs: dict[str, LayerQuant]) -> dict[str, np.ndarray]:

@@ -28,7 +28,7 @@ from torch import nn
 from learners.quantization import MAX_BITS, MIN_BITS, LayerQuant, activation_ranges, quantize_model, storage_bytes
 from learners.recovery import BN_MODES
 from pf_envs.budget import BitOps, UnitSpace, WeightBits
-from pf_envs.cache import cache_key, cached
+from pf_envs.cache import cache_key, cached, decode_names
 from pf_envs.layers import CostTable, cost_table
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
 from pf_envs.settings import Setting, bind_settings, table_signature
@@ -185,8 +185,8 @@ class QuantEnvBase(ModelCompressionEnv):
             batches = source.subset(n, seed=0).batches(128)
             return {k: list(v) for k, v in activation_ranges(self.model, self.layer_names, batches).items()}
 
-        raw = cached(key, compute, enabled=self.cache_enabled)
-        return {k: (float(v[0]), float(v[1])) for k, v in raw.items()}
+        return cached(key, compute, enabled=self.cache_enabled, decode=lambda raw: {
+            k: (float(v[0]), float(v[1])) for k, v in decode_names(raw, self.layer_names).items()})
 
     # -- the policy ----------------------------------------------------------------------------------
     def layer_bits(self, values: list[float]) -> tuple[list[int], list[int | None]]:

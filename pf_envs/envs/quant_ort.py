@@ -64,7 +64,7 @@ from learners import ort_int8 as oq
 from learners.onnx_names import layer_nodes
 from learners.ort_latency import LayerLatency, cpu_name, end_to_end_ms, layer_blocks, measure_layer_latency
 from pf_envs.budget import LatencyTable, UnitSpace, floor_ratio
-from pf_envs.cache import cache_key, cached
+from pf_envs.cache import cache_key, cached, decode_fraction
 from pf_envs.data import cache_dir
 from pf_envs.layers import cost_table
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv
@@ -199,8 +199,8 @@ class QuantORTEnv(ModelCompressionEnv):
         key = cache_key("ort-accuracy", prep=self.prep_sha1, split=self.reward_split, n=len(self.reward_data),
                         data=self.data.source, threads=self.threads, ort=self._ort_version)
         self.accuracy_torch = self.accuracy_original
-        self.accuracy_original = float(cached(key, lambda: self._ort_accuracy(self.prep_path),
-                                              enabled=self.cache_enabled))
+        self.accuracy_original = cached(key, lambda: self._ort_accuracy(self.prep_path),
+                                        enabled=self.cache_enabled, decode=decode_fraction)
 
     @classmethod
     def valid_kwargs(cls) -> tuple[str, ...]:
@@ -247,9 +247,9 @@ class QuantORTEnv(ModelCompressionEnv):
         rkey = cache_key("ort-ranges", prep=self.prep_sha1, images=n_cal, data=self.data.source, seed=3,
                          ort=self._ort_version)
         calib = self.data.train.subset(n_cal, seed=3)
-        self.ranges = oq.CalibrationRanges.from_dict(cached(
+        self.ranges = cached(
             rkey, lambda: oq.calibrate(self.prep_path, (x for x, _ in calib.batches(64))).to_dict(),
-            enabled=self.cache_enabled))
+            enabled=self.cache_enabled, decode=oq.CalibrationRanges.from_dict)
         calibrate_s = time.perf_counter() - t0
 
         # the all-int8 model, and the latency table: once per model, options and machine
@@ -262,11 +262,18 @@ class QuantORTEnv(ModelCompressionEnv):
             layers=self.layers, options=self.quant_options, batch=int(s["latency_batch"]),
             runs=int(s["latency_runs"]), threads=self.threads, cpu=cpu_name(), ort=self._ort_version,
         )
-        self.latency = LayerLatency.from_dict(cached(
+        def decode_latency(raw: Any) -> LayerLatency:
+            latency = LayerLatency.from_dict(raw)
+            if list(latency.layers) != list(self.layers) or not (
+                    len(latency.fp32_ms) == len(latency.int8_ms) == len(self.layers)):
+                raise ValueError("the latency table is for other layers")
+            return latency
+
+        self.latency = cached(
             lkey, lambda: measure_layer_latency(
                 self.prep_path, self.int8_path, self.layers, batch=int(s["latency_batch"]),
                 runs=int(s["latency_runs"]), threads=self.threads).to_dict(),
-            enabled=self.cache_enabled))
+            enabled=self.cache_enabled, decode=decode_latency)
         latency_s = time.perf_counter() - t0
 
         # a layer whose int8 block is not faster than its fp32 block is priced at the slower of

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from learners.atomic import atomic_torch_save, atomic_write_text
+from learners.modules import non_finite_tensors
 from learners.safe_load import TensorFileError, failure_reason, load_tensor_file
 from pf_envs.zoo.cifar import CifarResNet, MobileNetV1, MobileNetV2
 
@@ -165,14 +166,6 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
             f"-> tensor); {_RETRAIN}"
         )
     return obj
-
-
-def non_finite_tensors(state: dict[str, torch.Tensor]) -> list[str]:
-    """Names of the floating-point tensors of ``state`` that hold a NaN or an infinity."""
-    return [
-        k for k, v in state.items()
-        if v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())
-    ]
 
 
 def load_state_dict_into(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> nn.Module:
