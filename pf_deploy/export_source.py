@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from pf_envs import zoo
 from pf_envs.data import CIFAR10_CLASSES, DatasetBundle, load_dataset
 from pf_envs.zoo.twin import TWIN_INPUT_SIZE, TWIN_MEAN, TWIN_STD, imagenet_twin_of  # noqa: F401  (the export stage reads them here)
-
 
 
 @dataclass

@@ -292,7 +292,8 @@ def test_manifest_schema_is_checked(tmp_path):
 def test_a_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path):
     """docs/export.md: a manifest's paths are relative to its folder; '..', an absolute path, or
     a symbolic link out of the folder are refused, for the models and for test_data."""
-    from pf_deploy.benchmark import ManifestError as BundleError, validate_manifest
+    from pf_deploy.benchmark import ManifestError as BundleError
+    from pf_deploy.benchmark import validate_manifest
 
     bundle, elsewhere = tmp_path / "bundle", tmp_path / "elsewhere"
     bundle.mkdir()

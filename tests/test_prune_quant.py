@@ -20,9 +20,9 @@ import pf_envs
 from learners import ort_int8 as oq
 from learners.onnx_names import layer_nodes
 from learners.ort_latency import fit_boundary_cost
-from pf_envs.budget import floor_ratio
 from pf_deploy.benchmark import read_manifest
 from pf_deploy.export import write_env_bundle
+from pf_envs.budget import floor_ratio
 from pf_envs.envs import prune_quant as pq
 
 MODEL_IDS = [i for i in pf_envs.env_ids("PruneQuant") if i != "PruneQuant-v0"]

@@ -87,8 +87,8 @@ def test_replay_checks_the_recorded_model_and_recipe(resnet_run, tmp_path, capsy
     the source re-training and export read."""
     import shutil
 
-    from pf_envs.recorded import RecordMismatchError
     from pf_deploy.starting_model import resolve_source
+    from pf_envs.recorded import RecordMismatchError
 
     assert main([str(resnet_run)]) == 0
     out = json.loads(capsys.readouterr().out)

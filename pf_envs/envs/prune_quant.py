@@ -80,10 +80,10 @@ from pf_envs.envs.channel_prune import SETTINGS as CHANNEL_SETTINGS
 from pf_envs.envs.channel_prune import ChannelPruneEnv, channel_table
 from pf_envs.envs.quant_ort import FP32, INT8, policy_digest
 from pf_envs.envs.quant_ort import SETTINGS as QUANT_SETTINGS
-from pf_envs.zoo.twin import TWIN_INPUT_SIZE, imagenet_twin_of
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv, count_params
 from pf_envs.rewards import Measurements
 from pf_envs.settings import Setting
+from pf_envs.zoo.twin import TWIN_INPUT_SIZE, imagenet_twin_of
 
 #: Bumped whenever the candidate, its scoring or the latency model changes (recovery fingerprint).
 PRUNE_QUANT_VERSION = 3
@@ -122,9 +122,12 @@ SETTINGS: dict[str, Setting] = {
                                         "points_per_image")},
     **{k: QUANT_SETTINGS[k] for k in ("activation_type", "reduce_range", "per_channel", "threads", "latency_batch",
                                       "latency_runs", "measure_runs")},
-    "calibration_images": Setting("int", low=1, default=256, doc="training images ORT's calibrator sees, per candidate"),
-    "latency_widths": Setting("int", low=2, default=13, doc="uniform widths (min_keep .. 1) the latency table is profiled at"),
-    "latency_twin": Setting("bool", default=False, doc="price latency on the zoo's ImageNet-shaped 224x224 twin (random weights)"),
+    "calibration_images": Setting("int", low=1, default=256,
+                                  doc="training images ORT's calibrator sees, per candidate"),
+    "latency_widths": Setting("int", low=2, default=13,
+                              doc="uniform widths (min_keep .. 1) the latency table is profiled at"),
+    "latency_twin": Setting("bool", default=False,
+                            doc="price latency on the zoo's ImageNet-shaped 224x224 twin (random weights)"),
 }
 
 
