@@ -11,7 +11,13 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from learners.training import (
-    RunningTotals, TrainConfig, cross_entropy_loss, finetune, make_sgd, run_steps, train,
+    RunningTotals,
+    TrainConfig,
+    cross_entropy_loss,
+    finetune,
+    make_sgd,
+    run_steps,
+    train,
 )
 from pf_envs.data import TensorSplit
 
