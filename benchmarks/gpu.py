@@ -13,7 +13,8 @@ watchdog stopped. The script installs the wheels into a private folder (``--no-i
 unpacks the data into a work folder (``--work``, default ``/tmp/pf_gpu``) and points
 ``PF_DATA_DIR`` / ``PF_CACHE_DIR`` there; nothing is fetched.
 
-What it measures (on ``--device``, default cuda; everything CUDA-only is skipped elsewhere):
+What it measures (on ``--device``, default cuda where there is one; the CUDA-only rows, bf16
+and captured, are skipped elsewhere):
 
 1. ``steps``: the training step of the four CIFAR zoo models in the real loop
    (:func:`learners.training.run_steps`: batch gathered, cropped, flipped and normalised on
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
+import importlib.util
 import itertools
 import json
 import os
@@ -408,7 +409,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (gpu.json, checkpoints); at most 8 files come back")
     p.add_argument("--bundle", default=None, help="the staged folder (wheels/, cifar10-jpeg.tar.gz, warm start)")
     p.add_argument("--work", default="/tmp/pf_gpu", help="scratch folder (wheels installed, data unpacked, states)")
-    p.add_argument("--device", default="cuda", help="cuda (default) or cpu")
+    p.add_argument("--device", default="auto", help="cuda, cpu or auto (default: cuda where there is one)")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (runs on the CPU, for the test suite)")
     p.add_argument("--train-zoo", action="store_true",
                    help="train ResNet-56 and MobileNet-V2 side by side instead of the timings")
@@ -438,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = prepare_data(bundle, work, log)
     import torch
 
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     cuda = args.device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
         print("error: --device cuda but CUDA is not available here; pass --device cpu (or --smoke)", file=sys.stderr)

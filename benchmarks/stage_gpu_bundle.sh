@@ -33,7 +33,9 @@ elif [ -n "${PF_DATA_DIR:-}" ] && [ -d "$PF_DATA_DIR/train" ]; then
 else
     echo "error: no CIFAR-10: neither $shared/data/cifar10-jpeg.tar.gz nor \$PF_DATA_DIR/train" >&2; exit 2
 fi
-[ -f "$shared/checkpoints/resnet56_cifar10_warmstart.pt" ] && cp "$shared/checkpoints/resnet56_cifar10_warmstart.pt" "$bundle/"
+for f in resnet56_cifar10_warmstart.pt resnet56_cifar10_warmstart.json; do
+    if [ -f "$shared/checkpoints/$f" ]; then cp "$shared/checkpoints/$f" "$bundle/"; fi
+done
 if [ -n "$previous" ]; then
     cp "$previous"/*.state* "$bundle/" 2>/dev/null || echo "no training states in $previous"
 fi
