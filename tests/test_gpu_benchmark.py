@@ -101,7 +101,10 @@ def test_train_zoo_and_smoke_together_is_a_usage_error(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_smoke_run_writes_its_json_and_table(tmp_path, cifar_root, monkeypatch, capsys):
+    from pf_envs.data import cache_dir
+
     monkeypatch.setenv("PF_DATA_DIR", str(cifar_root))
+    monkeypatch.setenv("PF_CACHE_DIR", str(cache_dir()))  # main() sets it where unset: keep it from leaking
     assert _gpu().main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "out"), "--work",
                         str(tmp_path / "work")]) == 0
     result = json.loads((tmp_path / "out" / "gpu.json").read_text())
