@@ -1,6 +1,7 @@
 """What one episode costs, against one forward pass of the original model, for any env id.
 
-    python benchmarks/episode_cost.py                      # ChannelPrune MobileNetV1 and ResNet20, defaults and ft_iters=0
+    python benchmarks/episode_cost.py    # ChannelPrune MobileNetV1 and ResNet20, defaults and ft_iters=0
+    python benchmarks/episode_cost.py --envs ChannelPrune-ResNet20-v0 --settings ft0 --episodes 2 --memory-episodes 0
     python benchmarks/episode_cost.py --envs ChannelPrune-ResNet20-v0 --episodes 3 --memory-episodes 50
     python benchmarks/episode_cost.py --envs UniformQuant-MobileNetV1-v0 --env-kwargs avg_bits=3
 
@@ -98,6 +99,8 @@ def main() -> None:
     p.add_argument("--envs", nargs="+", default=["ChannelPrune-MobileNetV1-v0", "ChannelPrune-ResNet20-v0"],
                    help="registered env ids; each is timed at its defaults and with ft_iters=0")
     p.add_argument("--episodes", type=int, default=3, help="timed episodes per setting (after one warm-up)")
+    p.add_argument("--settings", nargs="+", default=["default", "ft0"], choices=["default", "ft0"],
+                   help="which settings to time: the env's defaults and/or ft_iters=0")
     p.add_argument("--memory-episodes", type=int, default=50)
     p.add_argument("--env-kwargs", default="", help="extra env kwargs k=v,k=v for every setting")
     p.add_argument("--threads", type=int, default=None)
@@ -114,7 +117,8 @@ def main() -> None:
         return
     rows, mem = [], []
     for env_id in args.envs:
-        for setting in ({}, {"ft_iters": 0}):
+        chosen = {"default": {}, "ft0": {"ft_iters": 0}}
+        for setting in (chosen[name] for name in args.settings):
             rows.append(bench(env_id, {**extra, **setting}, args.episodes))
             print(json.dumps(rows[-1]), flush=True)
         if args.memory_episodes:

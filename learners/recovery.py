@@ -15,7 +15,10 @@
 >>> result.accuracy, result.timing                                       # doctest: +SKIP
 
 Plain PyTorch: the data are anything with a ``batches(...)`` method
-(:class:`learners.training.BatchSource`).
+(:class:`learners.training.BatchSource`). Data that can (:func:`learners.batches.on_device`)
+is held on the recovery's device, and no phase waits for the device inside its loop: the
+fine-tuning runs in :func:`learners.training.run_steps`, the BatchNorm re-estimation only
+launches forward passes and the scoring sums its correct predictions on the device.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from learners.batches import on_device
 from learners.training import Batch, BatchSource, evaluate, finetune
 
 #: Seed of the augmentation of the BatchNorm re-estimation batches (the same every episode).
@@ -59,6 +63,12 @@ class RecoveryRecipe:
             cancels: a candidate that changes nothing keeps the original statistics exactly.
             Needs a :class:`BatchNormReference` and a candidate with the original's
             BatchNorm layers (same names and sizes).
+        ft_bf16: fine-tune under bfloat16 autocast (BatchNorm and scoring stay fp32).
+        ft_capture: on CUDA, capture the fine-tuning step as a CUDA graph
+            (:class:`learners.training.CapturedStep`). Off by default, and not measured yet:
+            a candidate's shapes change every episode, so each episode pays a new capture
+            (3 eager warm-up steps and the capture itself) against ``ft_iters`` replays;
+            ``benchmarks/gpu.py`` measures whether that pays on a GPU.
     """
 
     ft_iters: int = 100
@@ -68,17 +78,20 @@ class RecoveryRecipe:
     bn_augment: bool = True
     bn_seed: int = BN_SEED
     bn_mode: str = "reestimate"
+    ft_bf16: bool = False
+    ft_capture: bool = False
 
     def __post_init__(self) -> None:
         if self.bn_mode not in BN_MODES:
             raise ValueError(f"bn_mode must be one of {BN_MODES}, got {self.bn_mode!r}")
 
     def as_dict(self) -> dict[str, object]:
-        """The recipe's fields (``bn_mode`` only where it is not the default, so that recipes
-        recorded before it existed read the same)."""
+        """The recipe's fields (``bn_mode``, ``ft_bf16`` and ``ft_capture`` only where they are
+        not the default, so that recipes recorded before they existed read the same)."""
         d = asdict(self)
-        if d["bn_mode"] == "reestimate":
-            del d["bn_mode"]
+        for key, default in (("bn_mode", "reestimate"), ("ft_bf16", False), ("ft_capture", False)):
+            if d[key] == default:
+                del d[key]
         return d
 
 
@@ -217,11 +230,12 @@ def recover(
         finetune(
             model, train_data, recipe.ft_iters, batch_size=recipe.ft_batch_size, lr=recipe.ft_lr,
             generator=torch.Generator().manual_seed(int(ft_seed)), device=device, step_hook=step_hook,
+            bf16=recipe.ft_bf16, capture=recipe.ft_capture,
         )
     timing["finetune_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if len(bn_data):
-        update_batchnorm(model, bn_batches(bn_data, recipe), device=device)
+        update_batchnorm(model, bn_batches(on_device(bn_data, device), recipe), device=device)
         if recipe.bn_mode == "shift":
             shift_batchnorm(model, bn_reference)  # type: ignore[arg-type]
     model.eval()

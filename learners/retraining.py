@@ -16,6 +16,10 @@ and a state file written for another run (another ``identity``) or another recip
 Augmentation is seeded by (seed, epoch, rank), so a resumed run draws what the uninterrupted
 one would have.
 
+The steps run in :func:`learners.training.run_steps`, the one training loop (base training
+and the environments' fine-tuning use it too), with a distillation loss and the method's
+per-step hook; the loss and accuracy sums stay on the device until the epoch ends.
+
 Nothing here knows about Gymnasium; the model, data and per-step hook come from the caller.
 """
 
@@ -34,11 +38,11 @@ from torch import nn
 
 from learners.atomic import atomic_torch_save
 from learners.backend_guards import guard_strided_pointwise
-from learners.batches import BatchSource
+from learners.batches import BatchSource, on_device
 from learners.distillation import DEFAULT_TEMPERATURE, DEFAULT_WEIGHT, Distillation
 from learners.distributed import DistributedContext
 from learners.safe_load import TensorFileError, load_tensor_file
-from learners.training import _progress, evaluate
+from learners.training import RunningTotals, _progress, cross_entropy_loss, evaluate, make_sgd, run_steps
 
 __all__ = ["IndexedSource", "RetrainConfig", "RetrainResult", "StateMismatchError", "lr_at", "retrain"]
 
@@ -222,8 +226,8 @@ def retrain(
     distill = (Distillation(teacher.to(ctx.device), cfg.distill_weight, cfg.distill_temperature, cfg.label_smoothing)
                if cfg.distill else None)
     model.to(ctx.device).to(memory_format=torch.channels_last)  # the data's layout: faster convolutions on CPU
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                          weight_decay=cfg.weight_decay)
+    opt = make_sgd(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                   weight_decay=cfg.weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch = steps = 0
     state_file = Path(state_path) if state_path is not None else None
@@ -247,7 +251,15 @@ def retrain(
         net = model
     sampler = torch.utils.data.DistributedSampler(
         range(n), num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
-    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    if distill is not None:
+        def step_loss(net_: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+            logits = net_(images)
+            loss, task = distill.combined(logits, images, labels)
+            return loss, task, logits
+    else:
+        step_loss = cross_entropy_loss(cfg.label_smoothing)
+    train_data = on_device(train_data, ctx.device)  # type: ignore[assignment]
+    totals = RunningTotals(ctx.device)
     t_call = time.time()
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()
@@ -255,39 +267,31 @@ def retrain(
         share = train_data.select(list(sampler), name=f"rank{rank}")
         gen = _epoch_generator(cfg, epoch, rank)
         net.train()
-        sums = [0.0, 0.0, 0.0, 0.0]  # loss * images, task loss * images, correct, images
+        totals.reset()
         bar = _progress(share.batches(local_batch, shuffle=False, augment=True, generator=gen, drop_last=True),
                         total=steps_per_epoch, desc=f"retrain epoch {epoch + 1}/{cfg.epochs}", leave=False,
                         disable=not (progress and ctx.is_main))
-        for i, (images, labels) in enumerate(bar):
-            if i >= steps_per_epoch:
-                break
-            lr = lr_at(cfg, steps, total_steps, steps_per_epoch)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            images, labels = images.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
-            logits = net(images)
-            if distill is not None:
-                loss, task = distill.combined(logits, images, labels)
-            else:
-                loss = task = criterion(logits.float(), labels)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            steps += 1
-            if hook is not None:
-                hook(model, steps)
-            b = len(labels)
-            sums[0] += loss.item() * b
-            sums[1] += task.item() * b
-            sums[2] += (logits.argmax(1) == labels).sum().item()
-            sums[3] += b
-            if scalar is not None and ctx.is_main and (steps % 10 == 0 or i == 0):
-                scalar("retrain/loss", loss.item(), steps)
-                scalar("retrain/lr", lr, steps)
-            if i % 10 == 0:
-                bar.set_postfix(loss=f"{sums[0] / sums[3]:.3f}", acc=f"{sums[2] / sums[3]:.3f}")
+        first = steps
+
+        def on_read(step: int, sums: RunningTotals | None, bar=bar, first=first) -> None:
+            # every 10 steps (and the first): TensorBoard's loss and lr, the progress bar (one sync)
+            if sums is None:
+                return
+            if scalar is not None and ctx.is_main and (step % 10 == 0 or step == first + 1):
+                scalar("retrain/loss", float(sums.last_loss), step)  # type: ignore[arg-type]
+                scalar("retrain/lr", lr_at(cfg, step - 1, total_steps, steps_per_epoch), step)
+            if not bar.disable and (step - first - 1) % 10 == 0:
+                now = sums.read()
+                bar.set_postfix(loss=f"{now['loss']:.3f}", acc=f"{now['acc']:.3f}")
+
+        reads = scalar is not None and ctx.is_main or not bar.disable
+        steps += run_steps(
+            net, opt, bar, lr_at=lambda s: lr_at(cfg, s, total_steps, steps_per_epoch), step_loss=step_loss,
+            first_step=steps, max_steps=steps_per_epoch, device=ctx.device, step_hook=hook, hook_model=model,
+            totals=totals, on_read=on_read if reads else None, read_every=1 if scalar is not None else 10,
+        )
         bar.close()
+        sums = [float(totals.loss), float(totals.task), float(totals.correct), float(totals.seen)]
         loss_sum, task_sum, correct, seen = ctx.all_sum(sums)
         record: dict[str, Any] = {
             "epoch": epoch + 1, "steps": steps, "train_loss": loss_sum / seen, "task_loss": task_sum / seen,

@@ -72,7 +72,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".JPEG")
 __all__ = [
     "Batch", "BatchSource", "CacheRebuiltWarning", "CorruptDataError", "DataError", "DataNotFoundError",
     "DataPermissionError", "DatasetBundle", "FolderSplit", "Split", "TensorSplit",
-    "balanced_holdout", "cache_dir", "clear_dataset_cache", "load_cifar10", "load_dataset",
+    "balanced_holdout", "cache_dir", "clear_dataset_cache", "crop_flip", "load_cifar10", "load_dataset",
     "load_imagenet", "resolve_data_root",
 ]
 
@@ -148,12 +148,49 @@ class Split(BatchSource, Protocol):
         ...
 
 
+def crop_flip(images: torch.Tensor, offsets: torch.Tensor, flips: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """The CIFAR augmentation of a whole batch at once, on the images' device.
+
+    Image ``i`` is padded by ``pad`` zero pixels on every side, cropped back to its size at
+    row/column offset ``offsets[i]`` (in ``[0, 2 * pad]``) and mirrored left-right where
+    ``flips[i]``. One pad and one :func:`torch.gather` with per-image pixel indices (a flip
+    reverses the column index with :func:`torch.where`): no per-image loop. On one CPU thread
+    a batch of 128 CIFAR images takes 1.4 ms (3.8 ms with the former per-image loop; 8.9 ms
+    with 4-tensor advanced indexing).
+
+    Args:
+        images: N x C x H x W (any dtype).
+        offsets: N x 2 integer (row, column) crop offsets.
+        flips: N booleans.
+    """
+    n, c, h, w = images.shape
+    dev = images.device
+    offsets, flips = offsets.to(dev, non_blocking=True), flips.to(dev, non_blocking=True)
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    height, width = h + 2 * pad, w + 2 * pad
+    ar_h, ar_w = torch.arange(h, device=dev), torch.arange(w, device=dev)
+    rows = offsets[:, :1] + ar_h  # N x H
+    cols = offsets[:, 1:] + torch.where(flips[:, None], (w - 1) - ar_w, ar_w)  # N x W
+    pixel = (rows[:, :, None] * width + cols[:, None, :]).view(n, 1, h * w)
+    out = torch.gather(padded.reshape(n, c, height * width), 2, pixel.expand(n, c, h * w))
+    return out.view(n, c, h, w)
+
+
+def _same_device(actual: torch.device, wanted: torch.device) -> bool:
+    return actual.type == wanted.type and (wanted.index is None or actual.index in (None, wanted.index))
+
+
 @dataclass
 class TensorSplit:
     """A split held in memory as uint8 images; augmentation runs on whole batches.
 
     Augmentation is the CIFAR standard: random crop of the image padded by 4 pixels (zeros)
-    and a random horizontal flip.
+    and a random horizontal flip (:func:`crop_flip`, the whole batch at once).
+
+    The images live on one device; :meth:`to` gives the split on another (made once per
+    device and kept), so that training on a GPU gathers, augments and normalises its
+    batches there. The random draws (shuffle, crop offsets, flips) always come from the
+    caller's generator (a CPU one), so a seed draws the same batches on every device.
     """
 
     name: str
@@ -164,33 +201,52 @@ class TensorSplit:
     num_classes: int = 10
     _mean: torch.Tensor = field(init=False, repr=False)
     _std: torch.Tensor = field(init=False, repr=False)
+    _copies: dict[str, TensorSplit] = field(init=False, repr=False, compare=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4:
             raise ValueError("TensorSplit.images must be a uint8 tensor of shape N x 3 x H x W")
         if len(self.images) != len(self.labels):
             raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
-        self._mean = torch.tensor(self.mean).view(1, 3, 1, 1) * 255
-        self._std = torch.tensor(self.std).view(1, 3, 1, 1) * 255
+        if self.labels.device != self.images.device:
+            raise ValueError(
+                f"images on {self.images.device} but labels on {self.labels.device}: put both on one device")
+        dev = self.images.device
+        self._mean = (torch.tensor(self.mean).view(1, 3, 1, 1) * 255).to(dev)
+        self._std = (torch.tensor(self.std).view(1, 3, 1, 1) * 255).to(dev)
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def device(self) -> torch.device:
+        """Where the images are held (and batches are built)."""
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> TensorSplit:
+        """This split with its images and labels on ``device`` (itself if they are there
+        already). The copy is made once per device and kept with this split."""
+        dev = torch.device(device)
+        if _same_device(self.images.device, dev):
+            return self
+        key = str(dev)
+        if key not in self._copies:
+            self._copies[key] = TensorSplit(self.name, self.images.to(dev), self.labels.to(dev), self.mean,
+                                            self.std, self.num_classes)
+        return self._copies[key]
+
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NCHW -> float32 normalised, channels-last (faster convolutions on CPU)."""
+        """uint8 NCHW -> float32 normalised, channels-last (faster convolutions on CPU and GPU)."""
         out = (images.float() - self._mean) / self._std
         return out.contiguous(memory_format=torch.channels_last)
 
     def augment(self, images: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        n, _, h, w = images.shape
-        padded = torch.nn.functional.pad(images, (4, 4, 4, 4))
+        """Random crop (pad 4) and flip of a batch, drawn from ``generator``: per image one
+        (row, column) offset uniform in 0..8 and a flip with probability 1/2."""
+        n = len(images)
         offsets = torch.randint(0, 9, (n, 2), generator=generator)
         flips = torch.rand(n, generator=generator) < 0.5
-        out = torch.empty_like(images)
-        for i, (dy, dx) in enumerate(offsets.tolist()):
-            crop = padded[i, :, dy : dy + h, dx : dx + w]
-            out[i] = crop.flip(-1) if flips[i] else crop
-        return out
+        return crop_flip(images, offsets, flips, pad=4)
 
     def batches(
         self,
@@ -203,6 +259,7 @@ class TensorSplit:
     ) -> Iterator[Batch]:
         n = len(self)
         order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+        order = order.to(self.device, non_blocking=True)
         stop = n - n % batch_size if drop_last else n
         for start in range(0, stop, batch_size):
             idx = order[start : start + batch_size]
@@ -214,7 +271,7 @@ class TensorSplit:
     def select(self, indices: Sequence[int], name: str | None = None) -> TensorSplit:
         """The images at ``indices``, in that order (a process's share of an epoch in
         distributed re-training)."""
-        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        idx = torch.as_tensor(list(indices), dtype=torch.long).to(self.device)
         return TensorSplit(name or f"{self.name}[selected {len(idx)}]", self.images[idx], self.labels[idx],
                            self.mean, self.std, self.num_classes)
 
@@ -222,7 +279,7 @@ class TensorSplit:
         if n >= len(self):
             return self
         idx = torch.from_numpy(np.random.RandomState(seed).permutation(len(self))[:n])
-        idx = idx.sort().values
+        idx = idx.sort().values.to(self.device)
         return TensorSplit(
             f"{self.name}[{n}]", self.images[idx], self.labels[idx], self.mean, self.std,
             self.num_classes,

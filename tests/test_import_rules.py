@@ -111,6 +111,4 @@ def test_the_scripts_are_shims():
         defs = [n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
         froms = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module
                  and n.module.split(".")[0] in PACKAGES]
-        if path.stem == "train_base" and defs:  # moved to pf_envs/zoo/train.py on another branch
-            continue
         assert not defs and len(froms) == 1, f"{path.name}: defines {defs}, imports {froms}"
