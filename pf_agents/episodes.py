@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import json
-import math
 import os
 import platform
 import shlex
@@ -47,6 +46,8 @@ from typing import IO, Any
 
 import gymnasium as gym
 import numpy as np
+
+from pf_envs.episode_data import DamagedDatasetError, read_jsonl
 
 FORMAT = "pf-episodes/1"
 
@@ -71,10 +72,6 @@ def sources() -> tuple[str, ...]:
     from pf_agents.registry import AGENTS
 
     return PLAIN_SOURCES + tuple(a for a in AGENTS if a not in PLAIN_SOURCES)
-
-
-class DamagedDatasetError(ValueError):
-    """A dataset line other than the last cannot be read."""
 
 
 class DatasetLockedError(RuntimeError):
@@ -138,49 +135,17 @@ class Plan:
 # -- the file -------------------------------------------------------------------------------------
 def read_dataset(path: str | os.PathLike[str]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """``(header, records)`` of a dataset file (``.jsonl`` or ``.jsonl.gz``); a damaged last
-    line (a collection killed mid-write) is skipped.
+    line (a collection killed mid-write) is skipped. :func:`pf_envs.episode_data.load_episodes`
+    reads it as arrays.
 
     Raises:
         FileNotFoundError: no such file.
         DamagedDatasetError: no header, or a damaged line before the last.
     """
-    header, records, _ = _read(Path(path))
+    header, records, _ = read_jsonl(path)
     if header is None:
         raise DamagedDatasetError(f"{path} has no header line: not an episode dataset (or empty)")
     return header, records
-
-
-def _read(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]], int]:
-    """Header, records and the byte length of the good prefix (where to append)."""
-    if str(path).endswith(".gz"):
-        import gzip
-
-        raw = gzip.open(path, "rb").read()
-    else:
-        raw = path.read_bytes()
-    header: dict[str, Any] | None = None
-    records: list[dict[str, Any]] = []
-    good = 0
-    lines = raw.split(b"\n")
-    complete = lines[:-1]  # the text after the last newline is an unfinished line (or empty)
-    for i, line in enumerate(complete):
-        try:
-            obj = json.loads(line)
-            if not isinstance(obj, dict):
-                raise ValueError("not an object")
-        except ValueError:
-            if i == len(complete) - 1 and not lines[-1]:
-                break  # a damaged last line: dropped
-            raise DamagedDatasetError(f"{path}: line {i + 1} is damaged ({line[:60]!r}); only the last line "
-                                      "may be, when a collection was killed mid-write") from None
-        if i == 0:
-            if "header" not in obj:
-                raise DamagedDatasetError(f"{path}: the first line is not a header: not an episode dataset")
-            header = obj["header"]
-        else:
-            records.append(obj)
-        good += len(line) + 1
-    return header, records, good
 
 
 class DatasetWriter:
@@ -419,7 +384,7 @@ def collect(
     command = command or " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
     out.parent.mkdir(parents=True, exist_ok=True)
     runs = Path(runs_dir) if runs_dir else Path(f"{out}.runs")
-    header, records, good = (_read(out) if out.exists() else (None, [], 0))
+    header, records, good = (read_jsonl(out) if out.exists() else (None, [], 0))
     fresh = make_header(env_id, env_kwargs, plan, command, note)
     if header is None:
         records, good = [], 0
@@ -506,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="free text recorded in the header")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--export", default=None, metavar="NPZ",
+                   help="collect nothing: pack the dataset at --out into this compressed .npz (the shipped format) "
+                        "and print its sha256")
     return p
 
 
@@ -521,6 +489,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     block_episodes=args.block_episodes, search_episodes=args.search_episodes)
     except (ValueError, TypeError, argparse.ArgumentTypeError) as exc:
         p.error(str(exc))
+    if args.export:
+        from pf_envs.episode_data import export_npz, load_episodes
+
+        try:
+            data = load_episodes(args.out)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.export}: {len(data)} episodes, sha256 {export_npz(data, args.export)}")
+        return 0
     if args.episodes < 1:
         p.error(f"--episodes must be positive, got {args.episodes}")
     if args.threads:
@@ -537,7 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["Block", "DatasetTap", "DatasetWriter", "Plan", "collect", "read_dataset", "uniform_action"]
+__all__ = ["Block", "DamagedDatasetError", "DatasetTap", "DatasetWriter", "Plan", "collect", "read_dataset",
+           "uniform_action"]
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(main())
