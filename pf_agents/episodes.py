@@ -101,8 +101,9 @@ class Plan:
 
     def __post_init__(self) -> None:
         lo, hi = self.budgets
-        if not 0 < lo <= hi <= 1:
-            raise ValueError(f"budgets must satisfy 0 < low <= high <= 1, got {self.budgets}")
+        if not 0 < lo <= hi:
+            raise ValueError(f"budgets must satisfy 0 < low <= high, got {self.budgets} (a fraction of the cost, "
+                             "or average bits for the quantization envs)")
         valid = sources()
         bad = [s for s, _ in self.mix if s not in valid]
         if bad:

@@ -114,10 +114,18 @@ class EpisodeData:
     def subset(self, index: np.ndarray) -> EpisodeData:
         """The episodes at ``index`` (an index array or a boolean mask)."""
         arrays = {k: getattr(self, k)[index] for k in ("values", "source", "block", "seed", *NUMERIC_FIELDS)}
-        return EpisodeData(self.header, sha256=self.sha256, extra=dict(self.extra), **arrays)
+        rows = np.arange(len(self))[index].astype(np.int64)
+        sha = hashlib.sha256(self.sha256.encode() + rows.tobytes()).hexdigest()  # a subset is other data
+        return EpisodeData(self.header, sha256=sha, extra=dict(self.extra), **arrays)
 
     @classmethod
-    def from_records(cls, header: dict[str, Any], records: list[dict[str, Any]], sha256: str = "") -> EpisodeData:
+    def from_records(cls, header: dict[str, Any], records: list[dict[str, Any]], sha256: str | None = None
+                     ) -> EpisodeData:
+        """The arrays of ``records``; ``sha256`` names the data (default: a hash of the header and
+        records, so that equal data share a fitted surrogate and different data never do)."""
+        if sha256 is None:
+            blob = json.dumps([header, records], sort_keys=True, default=str).encode()
+            sha256 = hashlib.sha256(blob).hexdigest()
         if not records:
             raise DamagedDatasetError("the dataset holds no episodes yet")
         units = {len(r["values"]) for r in records}

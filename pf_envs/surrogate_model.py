@@ -160,6 +160,22 @@ class MLPSurrogate(SurrogateRegressor):
                 m.fit(x[idx], z[idx])
             self.weights.append(([w.copy() for w in m.coefs_], [b.copy() for b in m.intercepts_]))
 
+    def state(self) -> dict[str, Any]:
+        """The fitted ensemble as tensors and numbers (what the disk cache stores)."""
+        import torch
+
+        assert self.lo is not None and self.span is not None
+        return {"lo": torch.from_numpy(self.lo), "span": torch.from_numpy(self.span), "y_mean": self.y_mean,
+                "y_std": self.y_std, "coefs": [[torch.from_numpy(w) for w in c] for c, _ in self.weights],
+                "biases": [[torch.from_numpy(b) for b in bs] for _, bs in self.weights]}
+
+    def load_state(self, state: dict[str, Any]) -> MLPSurrogate:
+        self.lo, self.span = state["lo"].numpy(), state["span"].numpy()
+        self.y_mean, self.y_std = float(state["y_mean"]), float(state["y_std"])
+        self.weights = [([w.numpy() for w in c], [b.numpy() for b in bs])
+                        for c, bs in zip(state["coefs"], state["biases"])]
+        return self
+
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = []
         for coefs, biases in self.weights:

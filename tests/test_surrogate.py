@@ -32,7 +32,7 @@ def synthetic_dataset(n: int = 120, seed: int = 0) -> EpisodeData:
               "recovery_fingerprint": "synthetic", "num_steps": 12, "accuracy_original": 0.9}
     seedling = [{"values": [1.0] * 12, "accuracy": 0.9, "reward": 0.9, "cost_ratio": 1.0, "budget": b, "source": "x",
                  "block": 0, "seed": i} for i, b in enumerate((0.2, 0.8))]
-    geometry = SurrogateChannelPruneEnv(EpisodeData.from_records(header, seedling, sha256="seedling"), surrogate="gp")
+    geometry = SurrogateChannelPruneEnv(EpisodeData.from_records(header, seedling), surrogate="gp")
     rng = np.random.default_rng(seed)
     records = []
     for i in range(n):
@@ -45,7 +45,7 @@ def synthetic_dataset(n: int = 120, seed: int = 0) -> EpisodeData:
         acc = float(synthetic_accuracy(values[None])[0] + rng.normal(0, 0.002))
         records.append({"values": values.tolist(), "accuracy": acc, "reward": acc, "cost_ratio": info["cost_ratio"],
                         "budget": budget, "source": "random", "block": i // 5, "seed": i})
-    return EpisodeData.from_records(header, records, sha256=f"synthetic-{n}-{seed}")
+    return EpisodeData.from_records(header, records)
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def data() -> EpisodeData:
 
 @pytest.fixture(scope="module")
 def env(data):
-    return SurrogateChannelPruneEnv(data, flops_budget=0.3, surrogate="mlp")
+    return SurrogateChannelPruneEnv(data, flops_budget=0.3, surrogate="gp")
 
 
 def test_registered():
@@ -81,7 +81,7 @@ def test_episode_reward_info_and_budget(env, data):
     assert terminated and not truncated and env.observation_space.contains(obs)
     assert info["flops_ratio"] <= 0.3 + 1e-9 and info["cost_ratio"] == info["flops_ratio"]
     assert 0.0 <= info["accuracy"] <= 1.0 and reward == pytest.approx(info["accuracy"])
-    assert info["surrogate_std"] >= 0 and info["surrogate"] == "mlp" and info["accuracy_original"] == 0.9
+    assert info["surrogate_std"] >= 0 and info["surrogate"] == "gp" and info["accuracy_original"] == 0.9
     for key in ("policy", "keep_ratios", "keep_counts", "flops_budget", "params_ratio", "macs", "reward_components",
                 "reward_samples", "budget", "cost_name"):
         assert key in info, key

@@ -58,9 +58,20 @@ def fitted_regressor(data: EpisodeData, family: str, seed: int = 0) -> Surrogate
     sha256, the family and the seed)."""
     key = (data.sha256, family, int(seed))
     if key not in _FITTED:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # optimiser convergence chatter of the GP
-            _FITTED[key] = fit_on(data, family, seed)
+        if family == "mlp" and data.sha256:  # the slowest fit: its weights are kept on disk
+            import sklearn
+
+            from pf_envs.cache import cached
+            from pf_envs.surrogate_model import MLPSurrogate
+
+            disk = cache_key("surrogate-mlp", data=data.sha256, seed=int(seed), settings=MLPSurrogate.DEFAULTS,
+                             sklearn=sklearn.__version__, version=SURROGATE_VERSION)
+            _FITTED[key] = MLPSurrogate(seed).load_state(
+                cached(disk, lambda: fit_on(data, family, seed).state(), subdir="surrogates"))  # type: ignore[attr-defined]
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optimiser convergence chatter
+                _FITTED[key] = fit_on(data, family, seed)
     return _FITTED[key]
 
 
