@@ -223,10 +223,13 @@ def _to_plain(v: Any) -> Any:
 
 
 def make_header(env_id: str, env_kwargs: dict[str, Any], plan: Plan, command: str,
-                note: str = "", reference_budget: float = 0.5) -> dict[str, Any]:
+                note: str = "", reference_budget: float | None = None) -> dict[str, Any]:
     """The header: env id, its kwargs (given and with defaults), the fingerprints of the env at
-    ``reference_budget`` (the recovery fingerprint includes the budget; every other setting is
-    the same for all blocks), the plan, versions and the command."""
+    ``reference_budget`` (default: the middle of the plan's budgets; the recovery fingerprint
+    includes the budget, every other setting is the same for all blocks), the plan, versions
+    and the command."""
+    if reference_budget is None:
+        reference_budget = round(0.5 * (plan.budgets[0] + plan.budgets[1]), 4)
     import torch
 
     import pf_envs
