@@ -79,11 +79,11 @@ def at(curve: list[float], n: int) -> float:
     return curve[min(n, len(curve)) - 1]
 
 
-def rescore_real(env_id: str, runs: list[dict[str, Any]], samples: int) -> None:
+def rescore_real(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, Any]], samples: int) -> None:
     """Replay each run's best policy on the real env of the surrogate's dataset (test split)."""
     import gymnasium as gym
 
-    probe = gym.make(env_id).unwrapped
+    probe = gym.make(env_id, **env_kwargs).unwrapped
     header = probe.data.header
     bk = header["budget_kwarg"]
     envs: dict[float, Any] = {}
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         runs = [run_one(j) for j in jobs]
     wall = time.time() - t0
     if args.rescore and not args.smoke:  # the smoke dataset has no real env behind it
-        rescore_real(args.env, runs, args.rescore)
+        rescore_real(args.env, env_kwargs, runs, args.rescore)
     text = table(runs, args.agents, args.budgets, args.episodes)
     print(text)
     print(f"{len(jobs)} runs in {wall:.0f} s ({args.workers} worker(s))")
