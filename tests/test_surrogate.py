@@ -188,3 +188,52 @@ def test_geometry_matches_the_real_env(env):
             o2, _, _, _, i2 = env.step(np.array([a], np.float32))
             np.testing.assert_allclose(o1, o2)
             assert i1 == i2
+
+
+def quant_dataset(n: int = 40, seed: int = 0) -> EpisodeData:
+    """``n`` random UniformQuant-ResNet20 policies at 2.1-2.4 average bits, scored smoothly."""
+    from pf_envs.envs.surrogate import SurrogateUniformQuantEnv
+
+    real = "UniformQuant-ResNet20-v0"
+    settings = {k: v for k, v in env_settings(real, {"reward_samples": 2000}).items() if k != "avg_bits"}
+    header = {"format": "pf-episodes/1", "env_id": real, "env_kwargs": {}, "env_settings": settings,
+              "budget_kwarg": "avg_bits", "reference_budget": 2.25, "model_fingerprint": "synthetic",
+              "recovery_fingerprint": "synthetic", "num_steps": 22, "accuracy_original": 0.89}
+    seedling = [{"values": [2.0] * 22, "accuracy": 0.8, "cost_ratio": 2 / 32, "budget": b, "source": "x", "block": 0,
+                 "seed": 0} for b in (2.1, 2.4)]
+    geometry = SurrogateUniformQuantEnv(EpisodeData.from_records(header, seedling), surrogate="gp")
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        budget = round(float(rng.uniform(2.1, 2.4)), 4)
+        geometry.budget = budget / 32  # the clamp reads the budget (a fraction of 32-bit weights)
+        geometry.reset(seed=i, options={"dry_run": True})
+        for a in rng.uniform(-1, 1, 22):
+            *_, info = geometry.step(np.array([a], np.float32))
+        acc = 0.89 - 0.02 * float(np.mean((8 - np.asarray(info["policy"])) ** 2)) / 36
+        records.append({"values": info["policy"], "accuracy": acc, "reward": acc, "cost_ratio": info["cost_ratio"],
+                        "budget": budget, "source": "random", "block": i, "seed": i})
+    return EpisodeData.from_records(header, records)
+
+
+def test_uniform_quant_surrogate():
+    """Checkers pass; the budget clamp holds; model_size_bytes is the learners' storage of the
+    quantized model, without building it."""
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from learners.quantization import quantize_model, storage_bytes
+    from pf_envs.envs.surrogate import SurrogateUniformQuantEnv
+
+    env = SurrogateUniformQuantEnv(quant_dataset(), avg_bits=2.25, surrogate="gp")
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+    rng = np.random.default_rng(1)
+    env.reset(seed=0)
+    for a in rng.uniform(-1, 1, env.num_steps):
+        *_, info = env.step(np.array([a], np.float32))
+    assert info["avg_weight_bits"] <= 2.25 + 1e-9 and info["flops_ratio"] == info["params_ratio"] == 1.0
+    built = quantize_model(env.model, env.layer_specs(info["policy"]), act_ranges=env._act_ranges, codebooks=None)
+    assert info["model_size_bytes"] == storage_bytes(built)
+    with pytest.raises(ValueError, match="outside the budgets"):
+        SurrogateUniformQuantEnv(quant_dataset(), avg_bits=3.0)

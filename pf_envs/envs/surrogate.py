@@ -36,6 +36,7 @@ from pf_envs import zoo
 from pf_envs.cache import cache_key
 from pf_envs.core import CompressionEnv
 from pf_envs.envs.channel_prune import ChannelPruneEnv
+from pf_envs.envs.uniform_quant import UniformQuantEnv
 from pf_envs.episode_data import EpisodeData, load_episodes
 from pf_envs.model_env import count_params
 from pf_envs.rewards import REWARDS, Measurements
@@ -218,7 +219,63 @@ class SurrogateChannelPruneEnv(SurrogateMixin, ChannelPruneEnv):
         return total / self.total_params if self.total_params else math.nan
 
 
-#: Surrogate env class of each method with a surrogate (what a dataset's env id maps to).
-SURROGATE_CLASSES: dict[str, type] = {"ChannelPrune": SurrogateChannelPruneEnv}
+class SurrogateUniformQuantEnv(SurrogateMixin, UniformQuantEnv):
+    """:class:`~pf_envs.envs.uniform_quant.UniformQuantEnv` scored by a surrogate (an ``avg_bits``
+    budget; the dataset's ``act_bits``, bit range and order).
 
-__all__ = ["DEFAULT_FAMILY", "SURROGATE_CLASSES", "SurrogateChannelPruneEnv", "SurrogateMixin", "fitted_regressor"]
+    Args:
+        data: a shipped dataset name or a dataset file collected on a UniformQuant env.
+        avg_bits: within the budgets the dataset covers (default: its reference budget).
+        surrogate / surrogate_seed / reward: as for :class:`SurrogateChannelPruneEnv`.
+
+    ``model_size_bytes`` is the real env's storage (:func:`learners.quantization.storage_bytes`)
+    without building the model: its weights at their bits plus what does not depend on them
+    (per-channel scales and zero points, biases, BatchNorm), measured once on the architecture
+    quantized at the smallest bits.
+    """
+
+    METHOD_CLASS = UniformQuantEnv
+
+    def __init__(self, data: str | EpisodeData = "uniformquant_resnet20", *, avg_bits: float | None = None,
+                 surrogate: str = DEFAULT_FAMILY, surrogate_seed: int = 0, reward: str = "accuracy",
+                 render_mode: str | None = None, **unknown: Any) -> None:
+        self._surrogate_init(data, avg_bits, surrogate, surrogate_seed, reward, render_mode, unknown)
+
+    def _activation_ranges(self) -> dict[str, tuple[float, float]]:
+        return {n: (0.0, 1.0) for n in self.layer_names}  # no data: the ranges only start quantizers
+
+    def _setup_method(self) -> None:
+        if self.settings.get("bitops_budget") is not None:
+            raise ValueError("a surrogate UniformQuant env takes an avg_bits budget; the dataset has bitops_budget")
+        super()._setup_method()
+        from learners.quantization import quantize_model, storage_bytes
+
+        floor = [float(self.min_bits)] * self.num_steps
+        specs = self.layer_specs(floor)
+        quantized = quantize_model(self.model, specs, act_ranges=self._act_ranges, codebooks=None, seed=0)
+        self._size_fixed_bits = 8 * storage_bytes(quantized) - self.min_bits * sum(self.layer_weights)
+
+    def model_size_bytes(self, values: Sequence[float]) -> int:
+        """The real env's ``model_size_bytes`` of the policy ``values`` (unit order)."""
+        w, _ = self.layer_bits(list(values))
+        return math.ceil((self._size_fixed_bits + sum(b * n for b, n in zip(w, self.layer_weights))) / 8)
+
+    def _surrogate_params_ratio(self, values: Sequence[float]) -> float:
+        return 1.0  # quantization keeps every weight (the real env's params_ratio)
+
+    def _evaluate(self) -> tuple[Measurements, dict[str, Any]]:
+        measured, extra = SurrogateMixin._evaluate(self)
+        measured = Measurements(measured.accuracy, measured.accuracy_original, float(self.total_macs), 1.0, 1.0)
+        size = self.model_size_bytes(self.policy)
+        extra.update(model_size_bytes=size, size_ratio=size / self.fp32_bytes)
+        return measured, extra
+
+
+#: Surrogate env class of each method with a surrogate (what a dataset's env id maps to).
+SURROGATE_CLASSES: dict[str, type] = {
+    "ChannelPrune": SurrogateChannelPruneEnv,
+    "UniformQuant": SurrogateUniformQuantEnv,
+}
+
+__all__ = ["DEFAULT_FAMILY", "SURROGATE_CLASSES", "SurrogateChannelPruneEnv", "SurrogateMixin",
+           "SurrogateUniformQuantEnv", "fitted_regressor"]
