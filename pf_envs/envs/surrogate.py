@@ -271,11 +271,5 @@ class SurrogateUniformQuantEnv(SurrogateMixin, UniformQuantEnv):
         return measured, extra
 
 
-#: Surrogate env class of each method with a surrogate (what a dataset's env id maps to).
-SURROGATE_CLASSES: dict[str, type] = {
-    "ChannelPrune": SurrogateChannelPruneEnv,
-    "UniformQuant": SurrogateUniformQuantEnv,
-}
-
-__all__ = ["DEFAULT_FAMILY", "SURROGATE_CLASSES", "SurrogateChannelPruneEnv", "SurrogateMixin",
+__all__ = ["DEFAULT_FAMILY", "SurrogateChannelPruneEnv", "SurrogateMixin",
            "SurrogateUniformQuantEnv", "fitted_regressor"]
