@@ -5,16 +5,21 @@ with 95% intervals over seeds, then (optionally) each run's best policy re-score
         --agents ddpg td3 sac gp tpe random uniform --seeds 10 --episodes 400 --workers 2 \\
         --logdir benchmarks/runs/league --out benchmarks/results/league_channelprune_resnet20.json
     python benchmarks/league.py --smoke            # a size test: 3 agents x 2 seeds x 8 episodes on a tiny dataset
+    python benchmarks/league.py ... --agents ddpg ddpg_w100=ddpg --agent-kwargs ddpg_w100:warmup_episodes=100
+                                                   # variants of one agent, side by side
 
 Every run goes through the search harness (:func:`pf_agents.search`) into its own run folder
 under ``--logdir`` and is resumed when the league is started again. The table shows the mean
 best-so-far reward after 50 / 100 / 200 / 400 episodes (those within ``--episodes``) with a 95%
 t-interval over seeds; the PNG plots the curves (mean and interval band); the JSON holds every
-run's curve. ``--rescore N``: each run's best policy is replayed on the real env the dataset was
-collected on (its settings from the dataset's header, the budget, and ``reward_split=test``,
-``reward_samples=N``): the table then shows, per agent, the real accuracy of the policies the
-surrogate ranked best and how far they fall from their surrogate score (an agent that exploits
-the surrogate's errors shows a large fall).
+run's curve. For agents with a warm-up (DDPG, TD3, SAC: ``warmup_episodes``; TPE:
+``n_startup_trials``; GP: ``initial_points``) the table counts the seeds whose best after the
+warm-up beats the best of the warm-up (does the agent learn?). ``--rescore N``: each run's
+best policy is replayed on the real env the dataset was collected on (its settings from the
+dataset's header, the budget, and ``reward_split=test``, ``reward_samples=N``): the table then
+shows, per agent, the real accuracy of the policies the surrogate ranked best and how far they
+fall from their surrogate score (an agent that exploits the surrogate's errors shows a large
+fall).
 """
 
 from __future__ import annotations
@@ -33,6 +38,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 AGENTS = ("ddpg", "td3", "sac", "gp", "tpe", "random", "uniform")
 CHECKPOINTS = (50, 100, 200, 400)
+#: Each agent's setting for the length of its warm-up (its start without a model).
+WARMUP_KEYS = ("warmup_episodes", "n_startup_trials", "initial_points")
+
+
+def parse_entry(entry: str) -> tuple[str, str]:
+    """``ddpg`` -> (``ddpg``, ``ddpg``); ``ddpg_w100=ddpg`` -> (``ddpg_w100``, ``ddpg``): a label
+    for a variant of an agent (its settings from ``--agent-kwargs ddpg_w100:...``)."""
+    label, _, agent = entry.partition("=")
+    return label, agent or label
+
+
+def warmup_length(agent: str, kwargs: dict[str, Any]) -> int | None:
+    """Episodes of the agent's warm-up (None: it has none)."""
+    from pf_agents.registry import get_agent_class
+
+    settings = {**get_agent_class(agent).DEFAULTS, **kwargs}
+    for key in WARMUP_KEYS:
+        if key in settings:
+            return int(settings[key])
+    return None
 
 
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
@@ -44,12 +69,12 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     run_dir = Path(job["logdir"]) / job["name"]
     t0 = time.time()
-    result = search(job["env"], agent=job["agent"], episodes=job["episodes"], seed=job["seed"], logdir=job["logdir"],
+    result = search(job["env"], agent=job["algo"], episodes=job["episodes"], seed=job["seed"], logdir=job["logdir"],
                     run_name=job["name"], resume=(run_dir / "config.json").exists(), progress=False,
                     env_kwargs=job["env_kwargs"], agent_kwargs=job["agent_kwargs"])
     rewards = [float(r["reward"]) for r in result.history]
     best = result.best or {}
-    return {**{k: job[k] for k in ("agent", "seed", "budget")}, "rewards": rewards,
+    return {**{k: job[k] for k in ("agent", "algo", "seed", "budget", "warmup")}, "rewards": rewards,
             "wall_s": round(time.time() - t0, 1),
             "best": {"reward": best.get("reward"), "episode": best.get("episode"), "seed": best.get("seed"),
                      "policy": result.best_policy, "surrogate_std": (best.get("info") or {}).get("surrogate_std")}}
@@ -132,7 +157,7 @@ def plot(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], pa
 def table(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], episodes: int) -> str:
     marks = [c for c in CHECKPOINTS if c <= episodes] or [episodes]
     real = any("real" in r["best"] for r in runs)
-    head = "| budget | agent | seeds | " + " | ".join(f"best @ {c}" for c in marks)
+    head = "| budget | agent | seeds | " + " | ".join(f"best @ {c}" for c in marks) + " | after warm-up beats it"
     head += " | real (test) of the best | surrogate - real |" if real else " |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for b in budgets:
@@ -145,6 +170,12 @@ def table(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], e
                 mean, half = interval([at(best_so_far(r["rewards"]), c) for r in rs])
                 cells.append(f"{100 * mean:.2f} +- {100 * half:.2f}")
             line = f"| {b} | {agent} | {len(rs)} | " + " | ".join(cells)
+            w = rs[0].get("warmup")
+            if w and all(len(r["rewards"]) > w for r in rs):
+                wins = sum(max(r["rewards"][w:]) > max(r["rewards"][:w]) for r in rs)
+                line += f" | {wins}/{len(rs)} seeds (warm-up {w})"
+            else:
+                line += " | -"
             if real:
                 rm, rh = interval([r["best"]["real"] for r in rs])
                 gm, gh = interval([r["best"]["reward"] - r["best"]["real"] for r in rs])
@@ -195,11 +226,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", default="Surrogate-ChannelPrune-ResNet20-v0")
     p.add_argument("--env-kwargs", default="", help="surrogate env kwargs, e.g. surrogate=gp,data=file.npz")
     p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.3])
-    p.add_argument("--agents", nargs="+", default=list(AGENTS))
+    p.add_argument("--agents", nargs="+", default=list(AGENTS),
+                   help="agents, or labelled variants LABEL=AGENT (settings via --agent-kwargs LABEL:K=V)")
     p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     p.add_argument("--episodes", type=int, default=400)
-    p.add_argument("--agent-kwargs", action="append", default=[], metavar="AGENT:K=V,...",
-                   help="settings of one agent, e.g. ddpg:warmup_episodes=100 (repeatable)")
+    p.add_argument("--agent-kwargs", action="append", default=[], metavar="LABEL:K=V,...",
+                   help="settings of one agent or variant, e.g. ddpg:warmup_episodes=100 (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="processes")
     p.add_argument("--rescore", type=int, default=0, metavar="N",
                    help="re-score each run's best policy on the real env, N test images (0: no)")
@@ -216,15 +248,20 @@ def main(argv: list[str] | None = None) -> int:
         tmp = tempfile.TemporaryDirectory()
         env_kwargs["data"] = smoke_dataset(Path(tmp.name) / "smoke.npz")
         args.agents, args.seeds, args.episodes, args.budgets = ["uniform", "random", "tpe"], 2, 8, [0.5, 0.3]
+        args.agent_kwargs = ["tpe:n_startup_trials=4"]
         args.logdir = str(Path(tmp.name) / "runs")
         args.out = args.out or str(Path(tmp.name) / "league.json")
     agent_kwargs: dict[str, dict[str, Any]] = {}
     for spec in args.agent_kwargs:
         agent, _, kv = spec.partition(":")
         agent_kwargs[agent] = parse_kwargs(kv)
-    unknown = sorted(set(args.agents) - set(AGENTS))
+    entries = [parse_entry(e) for e in args.agents]
+    unknown = sorted({a for _, a in entries} - set(AGENTS))
     if unknown:
         p.error(f"unknown agent(s) {unknown}; choose from {list(AGENTS)}")
+    labels = [label for label, _ in entries]
+    if len(set(labels)) != len(labels):
+        p.error(f"each agent or variant once, got {labels}")
 
     import gymnasium as gym
 
@@ -234,12 +271,13 @@ def main(argv: list[str] | None = None) -> int:
     bk = type(probe).budget_kwarg
     jobs = []
     for b in args.budgets:
-        for agent in args.agents:
+        for label, agent in entries:
+            kwargs = agent_kwargs.get(label, {})
             for seed in range(args.seeds):
-                jobs.append({"env": args.env, "env_kwargs": {**env_kwargs, bk: b}, "agent": agent, "seed": seed,
-                             "budget": b, "episodes": 1 if agent == "uniform" else args.episodes,
-                             "agent_kwargs": agent_kwargs.get(agent, {}), "logdir": args.logdir,
-                             "name": f"{args.env}__{bk}{b}__{agent}__seed{seed}"})
+                jobs.append({"env": args.env, "env_kwargs": {**env_kwargs, bk: b}, "agent": label, "algo": agent,
+                             "seed": seed, "budget": b, "episodes": 1 if agent == "uniform" else args.episodes,
+                             "agent_kwargs": kwargs, "warmup": warmup_length(agent, kwargs), "logdir": args.logdir,
+                             "name": f"{args.env}__{bk}{b}__{label}__seed{seed}"})
     t0 = time.time()
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
@@ -249,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.time() - t0
     if args.rescore and not args.smoke:  # the smoke dataset has no real env behind it
         rescore_real(args.env, env_kwargs, runs, args.rescore)
-    text = table(runs, args.agents, args.budgets, args.episodes)
+    text = table(runs, labels, args.budgets, args.episodes)
     print(text)
     print(f"{len(jobs)} runs in {wall:.0f} s ({args.workers} worker(s))")
     if args.out:
@@ -260,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "agent_kwargs": agent_kwargs, "wall_s": round(wall, 1),
                                    "command": " ".join(sys.argv),
                                    "table": text, "runs": runs}, indent=1))
-        plot(runs, args.agents, args.budgets, out.with_suffix(".png"))
+        plot(runs, labels, args.budgets, out.with_suffix(".png"))
         print(f"wrote {out} and {out.with_suffix('.png')}")
     if tmp is not None:
         tmp.cleanup()

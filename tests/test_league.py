@@ -21,7 +21,9 @@ def test_league_smoke(tmp_path, capsys):
     for r in result["runs"]:
         assert len(r["rewards"]) == (1 if r["agent"] == "uniform" else 8)
         assert r["best"]["reward"] == max(r["rewards"]) and len(r["best"]["policy"]) == 12
-    assert "best @ 8" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "best @ 8" in text and "seeds (warm-up 4)" in text  # tpe's warm-up: 4 startup trials
+    assert {r["warmup"] for r in result["runs"] if r["agent"] == "tpe"} == {4}
 
 
 def test_best_so_far_and_interval():
@@ -29,3 +31,6 @@ def test_best_so_far_and_interval():
     mean, half = league.interval([1.0, 2.0, 3.0])
     assert mean == 2.0 and 2.4 < half < 2.5  # t(0.975, 2) = 4.30, sd 1, sqrt(3)
     assert league.at([0.4], 50) == 0.4  # uniform plays one episode
+    assert league.parse_entry("ddpg_w100=ddpg") == ("ddpg_w100", "ddpg") and league.parse_entry("gp") == ("gp", "gp")
+    assert league.warmup_length("ddpg", {}) == 25 and league.warmup_length("ddpg", {"warmup_episodes": 5}) == 5
+    assert league.warmup_length("random", {}) is None
