@@ -47,7 +47,10 @@ def episode_ms(data, family: str, budget: float, episodes: int) -> tuple[float, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data", required=True, help="dataset file or shipped name")
-    p.add_argument("--families", nargs="+", default=["hgb", "gb", "mlp", "gp"])
+    p.add_argument("--families", nargs="+", default=["hgb", "hgb_mono=hgb", "gb", "mlp", "gp"],
+                   help="families, or labelled variants LABEL=FAMILY with --settings LABEL:K=V")
+    p.add_argument("--settings", action="append", default=["hgb_mono:monotone=True"], metavar="LABEL:K=V,...",
+                   help="settings of a family or variant (repeatable)")
     p.add_argument("--test-frac", type=float, default=0.2)
     p.add_argument("--by", choices=("episode", "block"), default="episode")
     p.add_argument("--seed", type=int, default=0)
@@ -65,13 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     data = load_episodes(args.data)
     print(f"{args.data}: {len(data)} episodes of {data.header['env_id']}, sources "
           f"{dict(zip(*[a.tolist() for a in __import__('numpy').unique(data.source, return_counts=True)]))}")
-    scores = holdout_scores(data, args.families, test_frac=args.test_frac, seed=args.seed, by=args.by)
+    from pf_agents.cli import parse_kwargs
+
+    settings = {}
+    for spec in args.settings:
+        label, _, kv = spec.partition(":")
+        settings[label] = parse_kwargs(kv)
+    scores = holdout_scores(data, args.families, test_frac=args.test_frac, seed=args.seed, by=args.by,
+                            settings=settings)
     print(HEADER)
     for s in scores:
         print(s.row())
     speed = {}
     if args.speed_episodes:
-        for family in args.speed_families if args.speed_families is not None else args.families:
+        plain = [f for f in args.families if "=" not in f]
+        for family in args.speed_families if args.speed_families is not None else plain:
             wall, cpu = episode_ms(data, family, float(data.header.get("reference_budget", 0.5)), args.speed_episodes)
             speed[family] = {"wall_ms": round(wall, 3), "cpu_ms": round(cpu, 3)}
             print(f"surrogate env, {family}: {wall:.2f} ms wall, {cpu:.2f} ms CPU an episode "

@@ -100,11 +100,17 @@ class _TreeEnsemble(SurrogateRegressor):
 
 
 class HGBSurrogate(_TreeEnsemble):
-    """Bagged ``HistGradientBoostingRegressor``."""
+    """Bagged ``HistGradientBoostingRegressor``; ``monotone``: the prediction may only grow with
+    each unit's value (keeping more never costs accuracy) and with the cost ratio."""
 
     name = "hgb"
     DEFAULTS: ClassVar[dict[str, Any]] = {"members": 5, "max_iter": 300, "learning_rate": 0.05,
-                                          "max_leaf_nodes": 15, "min_samples_leaf": 5, "l2_regularization": 0.0}
+                                          "max_leaf_nodes": 15, "min_samples_leaf": 5, "l2_regularization": 0.0,
+                                          "monotone": False}
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        self._n_features = x.shape[1]
+        super()._fit(x, y)
 
     def _member(self, k: int) -> Any:
         from sklearn.ensemble import HistGradientBoostingRegressor
@@ -113,6 +119,7 @@ class HGBSurrogate(_TreeEnsemble):
         return HistGradientBoostingRegressor(
             max_iter=s["max_iter"], learning_rate=s["learning_rate"], max_leaf_nodes=s["max_leaf_nodes"],
             min_samples_leaf=s["min_samples_leaf"], l2_regularization=s["l2_regularization"],
+            monotonic_cst=[1] * self._n_features if s["monotone"] else None,
             early_stopping=False, random_state=self.seed * 1000 + k)
 
 
@@ -293,20 +300,24 @@ HEADER = ("| surrogate | train | test | Spearman | MAE (points) | top-decile Spe
 
 
 def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "mlp", "gp"), *, test_frac: float = 0.2,
-                   seed: int = 0, by: str = "episode", bin_width: float = 0.1) -> list[HoldoutScore]:
+                   seed: int = 0, by: str = "episode", bin_width: float = 0.1,
+                   settings: dict[str, dict[str, Any]] | None = None) -> list[HoldoutScore]:
     """Fit each family on the training part of ``data`` and score it on the held-out part.
 
     ``top_decile_spearman``: Spearman among the held-out episodes whose real accuracy is in the
     top tenth; ``within_budget_spearman``: the mean Spearman within cost-ratio bins of
     ``bin_width`` holding at least 10 held-out episodes (what a search at one budget sees).
+    ``families`` may hold labelled variants ``label=family`` whose settings are
+    ``settings[label]`` (e.g. ``hgb_mono=hgb`` with ``{"hgb_mono": {"monotone": True}}``).
     """
     tr, te = split_indices(data, test_frac, seed, by)
     train, test = data.subset(tr), data.subset(te)
     y = _target(test)
     out = []
-    for family in families:
+    for entry in families:
+        family, _, base = entry.partition("=")
         t0 = time.perf_counter()
-        model = fit_on(train, family, seed)
+        model = fit_on(train, base or family, seed, **(settings or {}).get(family, {}))
         fit_s = time.perf_counter() - t0
         mean, std = model.predict(test.values, test.cost_ratio)
         t0 = time.perf_counter()
