@@ -137,6 +137,10 @@ def plot(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], pa
             if not curves:
                 continue
             n = max(len(c) for c in curves)
+            if n == 1:  # one episode (uniform): a level line across the plot
+                mean1 = float(np.mean([c[0] for c in curves]))
+                ax.axhline(100 * mean1, linestyle="--", color="grey", label=f"{agent} ({100 * mean1:.2f})")
+                continue
             m = np.asarray([[at(c, i + 1) for i in range(n)] for c in curves])
             stats = [interval(list(m[:, i])) for i in range(n)]
             mean = np.asarray([s[0] for s in stats])
