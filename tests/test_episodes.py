@@ -96,3 +96,17 @@ def test_cli(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--env", "Toy-v0", "--out", str(out), "--mix", "bogus=1"])
     assert exc.value.code == 2
+
+
+def test_jitter_centre_is_the_largest_unclamped_constant():
+    import gymnasium as gym
+    import numpy as np
+
+    import pf_envs  # noqa: F401
+    from pf_agents.base import play_episode
+    from pf_agents.episodes import uniform_action
+
+    env = gym.make("Toy-v0", units=6, budget=0.4)
+    c = uniform_action(env)
+    assert not play_episode(env, np.full(6, c), dry_run=True).clamped_any
+    assert play_episode(env, np.full(6, c + 0.01), dry_run=True).clamped_any
