@@ -63,6 +63,8 @@ SEARCH_AGENT_KWARGS: dict[str, dict[str, Any]] = {
     "ddpg": {"warmup_episodes": 10}, "td3": {"warmup_episodes": 10}, "sac": {"warmup_episodes": 10},
     "tpe": {"n_startup_trials": 10}, "gp": {"initial_points": 10},
 }
+#: Blocks failing in a row before the collection stops (a failure that is not the block's own).
+MAX_FAILED_BLOCKS = 3
 #: Jitter noise: standard deviation drawn per episode, uniform in this range.
 JITTER_SIGMA = (0.05, 0.5)
 
@@ -412,6 +414,7 @@ def collect(
         bar = tqdm(total=episodes, initial=min(count[0], episodes), desc=f"episodes of {env_id}", unit="ep",
                    dynamic_ncols=True)
 
+    failures = 0
     try:
         b = 0
         while count[0] < episodes:
@@ -444,6 +447,13 @@ def collect(
                     search(env, agent=block.source, episodes=total, seed=block.seed, logdir=runs, run_name=name,
                            resume=(runs / name / "config.json").exists(), progress=False,
                            agent_kwargs=SEARCH_AGENT_KWARGS.get(block.source, {}))
+                failures = 0
+            except Exception as exc:  # one block's failure (an agent's crash) must not end hours of collection
+                failures += 1
+                print(f"block {block.index} ({block.source} at {block.budget}) failed: {type(exc).__name__}: {exc}; "
+                      "skipped (a resumed collection tries it again)", file=sys.stderr, flush=True)
+                if failures >= MAX_FAILED_BLOCKS:
+                    raise
             finally:
                 env.close()
     finally:

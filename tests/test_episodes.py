@@ -110,3 +110,24 @@ def test_jitter_centre_is_the_largest_unclamped_constant():
     c = uniform_action(env)
     assert not play_episode(env, np.full(6, c), dry_run=True).clamped_any
     assert play_episode(env, np.full(6, c + 0.01), dry_run=True).clamped_any
+
+
+def test_a_failing_block_is_skipped_and_three_in_a_row_stop(tmp_path, monkeypatch, capsys):
+    import pf_agents.episodes as ep
+
+    calls = []
+    real = ep.play_block
+
+    def flaky(env, block, seen, remaining):
+        calls.append(block.index)
+        if block.index == 0:
+            raise RuntimeError("boom")
+        return real(env, block, seen, remaining)
+
+    monkeypatch.setattr(ep, "play_block", flaky)
+    plan = Plan(mix=(("random", 1.0),), block_episodes=2)
+    assert collect("Toy-v0", tmp_path / "a.jsonl", 4, plan=plan, progress=False) == 4
+    assert "block 0 (random" in capsys.readouterr().err and calls[:3] == [0, 1, 2]
+    monkeypatch.setattr(ep, "play_block", lambda *a: (_ for _ in ()).throw(RuntimeError("always")))
+    with pytest.raises(RuntimeError, match="always"):
+        collect("Toy-v0", tmp_path / "b.jsonl", 4, plan=plan, progress=False)
