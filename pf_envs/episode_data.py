@@ -31,7 +31,17 @@ DATA_DIR = Path(__file__).parent / "surrogate_data"
 
 #: Shipped datasets: name -> file (in :data:`DATA_DIR`), its sha256 and a release URL (None:
 #: only in the package). ``collect``: the command that rebuilds it (then ``export_npz``).
-DATASETS: dict[str, dict[str, Any]] = {}
+DATASETS: dict[str, dict[str, Any]] = {
+    # A snapshot of the collection in progress (356 of the 3,000 planned episodes, 2026-12-04):
+    # replace it with the full dataset (same command, then --export) and its sha256.
+    "channelprune_resnet20": {
+        "file": "channelprune_resnet20.npz", "episodes": 356,
+        "sha256": "f853b981ea70843b126b11de2aa05ce76e3827d59c106d8cf405296f7ca6db50", "url": None,
+        "collect": "python scripts/collect_episodes.py --env ChannelPrune-ResNet20-v0 --out "
+                   "channelprune_resnet20.jsonl --episodes 3000 --env-kwargs ft_iters=0,reward_samples=2000 "
+                   "--threads 1 (then --export pf_envs/surrogate_data/channelprune_resnet20.npz; docs/surrogate.md)",
+    },
+}
 
 #: The record fields stored as arrays (besides ``values``).
 NUMERIC_FIELDS: tuple[str, ...] = ("reward", "accuracy", "cost_ratio", "params_ratio", "budget", "wall_s")

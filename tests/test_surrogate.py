@@ -237,3 +237,19 @@ def test_uniform_quant_surrogate():
     assert info["model_size_bytes"] == storage_bytes(built)
     with pytest.raises(ValueError, match="outside the budgets"):
         SurrogateUniformQuantEnv(quant_dataset(), avg_bits=3.0)
+
+
+def test_shipped_dataset_and_registered_id():
+    """The packaged dataset matches its sha256 and the registered id plays on it."""
+    import gymnasium as gym
+
+    data = load_episodes("channelprune_resnet20")
+    assert len(data) == DATASETS["channelprune_resnet20"]["episodes"] and data.num_units == 12
+    assert data.header["env_id"] == REAL_ID and data.header["env_settings"]["ft_iters"] == 0
+    env = gym.make(SURROGATE_ID, flops_budget=0.3, surrogate="gp")
+    env.reset(seed=0)
+    while True:
+        *_, terminated, _, info = env.step(env.action_space.sample())
+        if terminated:
+            break
+    assert info["flops_ratio"] <= 0.3 + 1e-9 and 0 <= info["accuracy"] <= 1
