@@ -176,7 +176,8 @@ class MLPSurrogate(SurrogateRegressor):
                 "y_std": self.y_std, "coefs": [[torch.from_numpy(w) for w in c] for c, _ in self.weights],
                 "biases": [[torch.from_numpy(b) for b in bs] for _, bs in self.weights]}
 
-    def load_state(self, state: dict[str, Any]) -> MLPSurrogate:
+    def load_state(self, state: dict[str, Any], data: EpisodeData | None = None) -> MLPSurrogate:
+        """The ensemble of :meth:`state` (``data`` is not needed: the weights are the model)."""
         self.lo, self.span = state["lo"].numpy(), state["span"].numpy()
         self.y_mean, self.y_std = float(state["y_mean"]), float(state["y_std"])
         self.weights = [([w.numpy() for w in c], [b.numpy() for b in bs])
@@ -202,6 +203,21 @@ class GPSurrogate(SurrogateRegressor):
 
     name = "gp"
     DEFAULTS: ClassVar[dict[str, Any]] = {"max_points": 1500, "restarts": 1}
+    #: Kernel hyperparameters (log) to fit with instead of optimising them (a cached fit).
+    fixed_theta: np.ndarray | None = None
+
+    def state(self) -> dict[str, Any]:
+        """The fitted kernel's hyperparameters (what the disk cache stores; the data is the rest)."""
+        import torch
+
+        return {"theta": torch.from_numpy(np.asarray(self.model.kernel_.theta, np.float64))}
+
+    def load_state(self, state: dict[str, Any], data: EpisodeData | None = None) -> GPSurrogate:
+        """Refit on ``data`` with the cached hyperparameters (one Cholesky factorisation, no search)."""
+        if data is None:
+            raise ValueError("a GP surrogate is its data: load_state needs the dataset it was fitted on")
+        self.fixed_theta = state["theta"].numpy()
+        return self.fit(data.values, data.cost_ratio, target_of(data))  # type: ignore[return-value]
 
     def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
         from sklearn.gaussian_process import GaussianProcessRegressor
@@ -213,8 +229,11 @@ class GPSurrogate(SurrogateRegressor):
             x, y = x[idx], y[idx]
         kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(x.shape[1]), length_scale_bounds=(1e-2, 1e3),
                                               nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
+        if self.fixed_theta is not None:
+            kernel = kernel.clone_with_theta(self.fixed_theta)
         self.model = GaussianProcessRegressor(kernel=kernel, normalize_y=True,
                                               n_restarts_optimizer=int(self.settings["restarts"]),
+                                              optimizer=None if self.fixed_theta is not None else "fmin_l_bfgs_b",
                                               random_state=self.seed)
         import warnings
 
@@ -238,11 +257,12 @@ def make_regressor(family: str, seed: int = 0, **settings: Any) -> SurrogateRegr
 
 def fit_on(data: EpisodeData, family: str, seed: int = 0, **settings: Any) -> SurrogateRegressor:
     """A regressor of ``family`` fitted on every episode of ``data`` (target: accuracy)."""
-    target = _target(data)
+    target = target_of(data)
     return make_regressor(family, seed, **settings).fit(data.values, data.cost_ratio, target)
 
 
-def _target(data: EpisodeData) -> np.ndarray:
+def target_of(data: EpisodeData) -> np.ndarray:
+    """The regression target of every episode: its accuracy (the reward where none was recorded)."""
     acc = data.accuracy
     return np.where(np.isfinite(acc), acc, data.reward)
 
@@ -312,7 +332,7 @@ def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "m
     """
     tr, te = split_indices(data, test_frac, seed, by)
     train, test = data.subset(tr), data.subset(te)
-    y = _target(test)
+    y = target_of(test)
     out = []
     for entry in families:
         family, _, base = entry.partition("=")

@@ -94,7 +94,7 @@ def test_episode_reward_info_and_budget(env, data):
 def test_deterministic_and_fitted_once(data):
     a = SurrogateChannelPruneEnv(data, flops_budget=0.5)
     b = SurrogateChannelPruneEnv(data, flops_budget=0.6)
-    assert a.regressor is b.regressor is fitted_regressor(data, "mlp", 0)
+    assert a.regressor is b.regressor is fitted_regressor(data, "gp", 0)
     ra, _ = a.play_policy(b.play_policy([0.5] * 12, dry_run=True)[1]["policy"])
     assert ra == a.play_policy([0.5] * 12)[0]
 

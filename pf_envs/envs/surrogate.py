@@ -45,11 +45,14 @@ from pf_envs.surrogate_model import FAMILIES, SurrogateRegressor, fit_on
 #: Bumped when a surrogate env's reward recipe changes (part of its recovery fingerprint).
 SURROGATE_VERSION = 1
 #: The default regressor family (chosen by held-out error and prediction cost: docs/surrogate.md).
-DEFAULT_FAMILY = "mlp"
+DEFAULT_FAMILY = "gp"
 #: Input size of each dataset's images (what the cost table is counted at).
 INPUT_SIZES: dict[str, int] = {"cifar10": 32, "imagenet": 224}
 #: Slack on the dataset's budget range (budgets are drawn per block, rounded to 4 decimals).
 BUDGET_SLACK = 1e-3
+
+#: Families whose fit is kept on disk (the MLP's weights; the GP's kernel hyperparameters).
+CACHED_FAMILIES = ("mlp", "gp")
 
 _FITTED: dict[tuple[str, str, int], SurrogateRegressor] = {}
 
@@ -59,16 +62,18 @@ def fitted_regressor(data: EpisodeData, family: str, seed: int = 0) -> Surrogate
     sha256, the family and the seed)."""
     key = (data.sha256, family, int(seed))
     if key not in _FITTED:
-        if family == "mlp" and data.sha256:  # the slowest fit: its weights are kept on disk
+        if family in CACHED_FAMILIES and data.sha256:  # slow fits: their result is kept on disk
             import sklearn
 
             from pf_envs.cache import cached
-            from pf_envs.surrogate_model import MLPSurrogate
 
-            disk = cache_key("surrogate-mlp", data=data.sha256, seed=int(seed), settings=MLPSurrogate.DEFAULTS,
+            cls = FAMILIES[family]
+            disk = cache_key(f"surrogate-{family}", data=data.sha256, seed=int(seed), settings=cls.DEFAULTS,
                              sklearn=sklearn.__version__, version=SURROGATE_VERSION)
-            _FITTED[key] = MLPSurrogate(seed).load_state(
-                cached(disk, lambda: fit_on(data, family, seed).state(), subdir="surrogates"))  # type: ignore[attr-defined]
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state = cached(disk, lambda: fit_on(data, family, seed).state(), subdir="surrogates")  # type: ignore[attr-defined]
+                _FITTED[key] = cls(seed).load_state(state, data)  # type: ignore[attr-defined]
         else:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # optimiser convergence chatter
