@@ -1,6 +1,6 @@
 """Surrogate envs: the real env's episode (spaces, observation, budget clamp, info keys) with the
-reward from a regressor fitted on real episodes: no images, no training, about a millisecond
-an episode.
+reward from a regressor fitted on real episodes: no images, no training, 1-2 ms of CPU an
+episode (``docs/surrogate.md``).
 
 >>> import gymnasium as gym, pf_envs
 >>> env = gym.make("Surrogate-ChannelPrune-ResNet20-v0", flops_budget=0.3)      # doctest: +SKIP
@@ -13,13 +13,15 @@ the dataset was collected with (its header); only the budget (within the budgets
 covers), the reward function, the regressor family and its seed can be chosen. At the last
 step the regressor (:mod:`pf_envs.surrogate_model`) predicts the accuracy of the applied policy;
 the reward is the env's reward function of it, as in the real env. The final ``info`` has the
-real env's keys, plus ``surrogate_std`` (the ensemble's spread: the prediction's uncertainty),
+real env's keys, plus ``surrogate_std`` (the prediction's uncertainty: the GP's posterior
+standard deviation, or the spread of an ensemble's members),
 ``surrogate`` (the family) and ``surrogate_data`` (the dataset's sha256 prefix);
 ``params_ratio`` is computed from the cost table (weights of conv / linear layers scale with
 their kept input and output channels; BatchNorm parameters are counted as kept).
 
 The regressor is fitted when the env is made (on every episode of the dataset) and kept for the
-life of the process, so a league that makes many envs fits it once per family and seed.
+life of the process (the GP's hyperparameters and the MLP's weights also on disk), so a league
+that makes many envs fits it once per family and seed.
 """
 
 from __future__ import annotations
