@@ -33,8 +33,16 @@ EXTRA_IDS: dict[str, str] = {
 }
 
 
+#: Surrogate envs (``pf_envs/envs/surrogate.py``): id -> (entry point, shipped episode dataset);
+#: the real env's episode with the reward from a regressor fitted on real episodes.
+SURROGATE_IDS: dict[str, tuple[str, str]] = {
+    "Surrogate-ChannelPrune-ResNet20-v0": ("pf_envs.envs.surrogate:SurrogateChannelPruneEnv", "channelprune_resnet20"),
+}
+
+
 def _build_ids() -> dict[str, dict[str, Any]]:
     ids: dict[str, dict[str, Any]] = {i: {"entry_point": e, "kwargs": {}} for i, e in EXTRA_IDS.items()}
+    ids.update({i: {"entry_point": e, "kwargs": {"data": d}} for i, (e, d) in SURROGATE_IDS.items()})
     for method, entry_point in METHODS.items():
         ids[f"{method}-v0"] = {"entry_point": entry_point, "kwargs": {}}
         for name in zoo.list_models("cifar10"):

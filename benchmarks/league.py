@@ -1,0 +1,313 @@
+"""A league of search agents on a surrogate env: every agent x seed x budget, best-so-far curves
+with 95% intervals over seeds, then (optionally) each run's best policy re-scored on the REAL env.
+
+    python benchmarks/league.py --env Surrogate-ChannelPrune-ResNet20-v0 --budgets 0.5 0.3 \\
+        --agents ddpg td3 sac gp tpe random uniform --seeds 10 --episodes 400 --workers 2 \\
+        --logdir benchmarks/runs/league --out benchmarks/results/league_channelprune_resnet20.json
+    python benchmarks/league.py --smoke            # a size test: 3 agents x 2 seeds x 8 episodes on a tiny dataset
+    python benchmarks/league.py ... --agents ddpg ddpg_w100=ddpg --agent-kwargs ddpg_w100:warmup_episodes=100
+                                                   # variants of one agent, side by side
+
+Every run goes through the search harness (:func:`pf_agents.search`) into its own run folder
+under ``--logdir`` and is resumed when the league is started again. The table shows the mean
+best-so-far reward after 50 / 100 / 200 / 400 episodes (those within ``--episodes``) with a 95%
+t-interval over seeds; the PNG plots the curves (mean and interval band); the JSON holds every
+run's curve. For agents with a warm-up (DDPG, TD3, SAC: ``warmup_episodes``; TPE:
+``n_startup_trials``; GP: ``initial_points``) the table counts the seeds whose best after the
+warm-up beats the best of the warm-up (does the agent learn?). ``--rescore N``: each run's
+best policy is replayed on the real env the dataset was collected on (its settings from the
+dataset's header, the budget, and ``reward_split=test``, ``reward_samples=N``): the table then
+shows, per agent, the real accuracy of the policies the surrogate ranked best and how far they
+fall from their surrogate score (an agent that exploits the surrogate's errors shows a large
+fall).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+AGENTS = ("ddpg", "td3", "sac", "gp", "tpe", "random", "uniform")
+CHECKPOINTS = (50, 100, 200, 400)
+#: Each agent's setting for the length of its warm-up (its start without a model).
+WARMUP_KEYS = ("warmup_episodes", "n_startup_trials", "initial_points")
+
+
+def parse_entry(entry: str) -> tuple[str, str]:
+    """``ddpg`` -> (``ddpg``, ``ddpg``); ``ddpg_w100=ddpg`` -> (``ddpg_w100``, ``ddpg``): a label
+    for a variant of an agent (its settings from ``--agent-kwargs ddpg_w100:...``)."""
+    label, _, agent = entry.partition("=")
+    return label, agent or label
+
+
+def warmup_length(agent: str, kwargs: dict[str, Any]) -> int | None:
+    """Episodes of the agent's warm-up (None: it has none)."""
+    from pf_agents.registry import get_agent_class
+
+    settings = {**get_agent_class(agent).DEFAULTS, **kwargs}
+    for key in WARMUP_KEYS:
+        if key in settings:
+            return int(settings[key])
+    return None
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """One search (resumed if its run folder exists); returns its rewards in order and its best."""
+    import torch
+
+    from pf_agents.search import search
+
+    torch.set_num_threads(1)
+    run_dir = Path(job["logdir"]) / job["name"]
+    t0 = time.time()
+    result = search(job["env"], agent=job["algo"], episodes=job["episodes"], seed=job["seed"], logdir=job["logdir"],
+                    run_name=job["name"], resume=(run_dir / "config.json").exists(), progress=False,
+                    env_kwargs=job["env_kwargs"], agent_kwargs=job["agent_kwargs"])
+    rewards = [float(r["reward"]) for r in result.history]
+    best = result.best or {}
+    return {**{k: job[k] for k in ("agent", "algo", "seed", "budget", "warmup")}, "rewards": rewards,
+            "wall_s": round(time.time() - t0, 1),
+            "best": {"reward": best.get("reward"), "episode": best.get("episode"), "seed": best.get("seed"),
+                     "policy": result.best_policy, "surrogate_std": (best.get("info") or {}).get("surrogate_std")}}
+
+
+def best_so_far(rewards: list[float]) -> list[float]:
+    out, best = [], -math.inf
+    for r in rewards:
+        best = max(best, r)
+        out.append(best)
+    return out
+
+
+def interval(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of the 95% t-interval (0 with one value)."""
+    import numpy as np
+    from scipy.stats import t
+
+    v = np.asarray(values, np.float64)
+    if len(v) < 2:
+        return float(v.mean()), 0.0
+    return float(v.mean()), float(t.ppf(0.975, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+def at(curve: list[float], n: int) -> float:
+    """Best-so-far after ``n`` episodes (the last value if the run is shorter: uniform plays one)."""
+    return curve[min(n, len(curve)) - 1]
+
+
+def rescore_real(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, Any]], samples: int) -> None:
+    """Replay each run's best policy on the real env of the surrogate's dataset (test split)."""
+    import gymnasium as gym
+
+    probe = gym.make(env_id, **env_kwargs).unwrapped
+    header = probe.data.header
+    bk = header["budget_kwarg"]
+    envs: dict[float, Any] = {}
+    for run in runs:
+        b = run["budget"]
+        if b not in envs:
+            envs[b] = gym.make(header["env_id"], **{**header["env_kwargs"], bk: b, "reward_split": "test",
+                                                    "reward_samples": samples}).unwrapped
+        _, info = envs[b].play_policy(run["best"]["policy"], seed=run["best"]["seed"])
+        run["best"]["real"] = float(info["accuracy"])
+    for env in envs.values():
+        env.close()
+
+
+def plot(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.5), squeeze=False)
+    for ax, b in zip(axes[0], budgets):
+        for agent in agents:
+            curves = [best_so_far(r["rewards"]) for r in runs if r["agent"] == agent and r["budget"] == b]
+            if not curves:
+                continue
+            n = max(len(c) for c in curves)
+            if n == 1:  # one episode (uniform): a level line across the plot
+                mean1 = float(np.mean([c[0] for c in curves]))
+                ax.axhline(100 * mean1, linestyle="--", color="grey", label=f"{agent} ({100 * mean1:.2f})")
+                continue
+            m = np.asarray([[at(c, i + 1) for i in range(n)] for c in curves])
+            stats = [interval(list(m[:, i])) for i in range(n)]
+            mean = np.asarray([s[0] for s in stats])
+            half = np.asarray([s[1] for s in stats])
+            x = np.arange(1, n + 1)
+            (line,) = ax.plot(x, 100 * mean, label=agent)
+            ax.fill_between(x, 100 * (mean - half), 100 * (mean + half), alpha=0.2, color=line.get_color())
+        ax.set_title(f"budget {b}")
+        ax.set_xlabel("episodes")
+        ax.set_ylabel("best-so-far reward x 100")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def table(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], episodes: int) -> str:
+    marks = [c for c in CHECKPOINTS if c <= episodes] or [episodes]
+    real = any("real" in r["best"] for r in runs)
+    head = "| budget | agent | seeds | " + " | ".join(f"best @ {c}" for c in marks) + " | after warm-up beats it"
+    head += " | real (test) of the best | surrogate - real |" if real else " |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for b in budgets:
+        for agent in agents:
+            rs = [r for r in runs if r["agent"] == agent and r["budget"] == b]
+            if not rs:
+                continue
+            cells = []
+            for c in marks:
+                mean, half = interval([at(best_so_far(r["rewards"]), c) for r in rs])
+                cells.append(f"{100 * mean:.2f} +- {100 * half:.2f}")
+            line = f"| {b} | {agent} | {len(rs)} | " + " | ".join(cells)
+            w = rs[0].get("warmup")
+            if w and all(len(r["rewards"]) > w for r in rs):
+                wins = sum(max(r["rewards"][w:]) > max(r["rewards"][:w]) for r in rs)
+                line += f" | {wins}/{len(rs)} seeds (warm-up {w})"
+            else:
+                line += " | -"
+            if real:
+                rm, rh = interval([r["best"]["real"] for r in rs])
+                gm, gh = interval([r["best"]["reward"] - r["best"]["real"] for r in rs])
+                line += f" | {100 * rm:.2f} +- {100 * rh:.2f} | {100 * gm:.2f} +- {100 * gh:.2f} |"
+            else:
+                line += " |"
+            lines.append(line)
+    return "\n".join(lines)
+
+
+def smoke_dataset(path: Path) -> str:
+    """A tiny synthetic ChannelPrune-ResNet20 dataset (for ``--smoke``): random policies on the
+    surrogate's geometry, scored by a smooth function (no images, no training)."""
+    import numpy as np
+
+    from pf_agents.episodes import env_settings
+    from pf_envs.envs.surrogate import SurrogateChannelPruneEnv
+    from pf_envs.episode_data import EpisodeData, export_npz
+
+    real = "ChannelPrune-ResNet20-v0"
+    header = {"format": "pf-episodes/1", "env_id": real, "env_kwargs": {"ft_iters": 0},
+              "env_settings": {k: v for k, v in env_settings(real, {"ft_iters": 0}).items() if k != "flops_budget"},
+              "budget_kwarg": "flops_budget", "reference_budget": 0.5, "model_fingerprint": "smoke",
+              "recovery_fingerprint": "smoke", "num_steps": 12, "accuracy_original": 0.9}
+    seedling = [{"values": [1.0] * 12, "accuracy": 0.9, "cost_ratio": 1.0, "budget": b, "source": "smoke", "block": 0,
+                 "seed": 0} for b in (0.2, 0.8)]
+    geometry = SurrogateChannelPruneEnv(EpisodeData.from_records(header, seedling), surrogate="gp")
+    rng = np.random.default_rng(0)
+    w = np.linspace(0.1, 0.6, 12)
+    records = []
+    for i in range(80):
+        geometry.budget = float(rng.uniform(0.2, 0.8))
+        geometry.reset(seed=i, options={"dry_run": True})
+        for a in rng.uniform(-1, 1, 12):
+            *_, info = geometry.step(np.array([a], np.float32))
+        v = np.asarray(info["policy"])
+        acc = 0.9 - float(((1 - v) ** 2 * w).sum() / w.sum())
+        records.append({"values": v.tolist(), "accuracy": acc, "reward": acc, "cost_ratio": info["cost_ratio"],
+                        "budget": geometry.budget, "source": "random", "block": i, "seed": i})
+    export_npz(EpisodeData.from_records(header, records), path)
+    return str(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pf_agents.cli import parse_kwargs
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--env", default="Surrogate-ChannelPrune-ResNet20-v0")
+    p.add_argument("--env-kwargs", default="", help="surrogate env kwargs, e.g. surrogate=gp,data=file.npz")
+    p.add_argument("--budgets", type=float, nargs="+", default=[0.5, 0.3])
+    p.add_argument("--agents", nargs="+", default=list(AGENTS),
+                   help="agents, or labelled variants LABEL=AGENT (settings via --agent-kwargs LABEL:K=V)")
+    p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
+    p.add_argument("--episodes", type=int, default=400)
+    p.add_argument("--agent-kwargs", action="append", default=[], metavar="LABEL:K=V,...",
+                   help="settings of one agent or variant, e.g. ddpg:warmup_episodes=100 (repeatable)")
+    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--rescore", type=int, default=0, metavar="N",
+                   help="re-score each run's best policy on the real env, N test images (0: no)")
+    p.add_argument("--logdir", default="benchmarks/runs/league")
+    p.add_argument("--out", default=None, help="JSON file (the PNG goes next to it)")
+    p.add_argument("--smoke", action="store_true",
+                   help="size test: a tiny synthetic dataset, uniform + random + tpe, 2 seeds, 8 episodes, "
+                        "temp folders")
+    args = p.parse_args(argv)
+
+    env_kwargs = parse_kwargs(args.env_kwargs)
+    tmp = None
+    if args.smoke:
+        tmp = tempfile.TemporaryDirectory()
+        env_kwargs["data"] = smoke_dataset(Path(tmp.name) / "smoke.npz")
+        args.agents, args.seeds, args.episodes, args.budgets = ["uniform", "random", "tpe"], 2, 8, [0.5, 0.3]
+        args.agent_kwargs = ["tpe:n_startup_trials=4"]
+        args.logdir = str(Path(tmp.name) / "runs")
+        args.out = args.out or str(Path(tmp.name) / "league.json")
+    agent_kwargs: dict[str, dict[str, Any]] = {}
+    for spec in args.agent_kwargs:
+        agent, _, kv = spec.partition(":")
+        agent_kwargs[agent] = parse_kwargs(kv)
+    entries = [parse_entry(e) for e in args.agents]
+    unknown = sorted({a for _, a in entries} - set(AGENTS))
+    if unknown:
+        p.error(f"unknown agent(s) {unknown}; choose from {list(AGENTS)}")
+    labels = [label for label, _ in entries]
+    if len(set(labels)) != len(labels):
+        p.error(f"each agent or variant once, got {labels}")
+
+    import gymnasium as gym
+
+    import pf_envs  # noqa: F401
+
+    probe = gym.make(args.env, **env_kwargs).unwrapped
+    bk = type(probe).budget_kwarg
+    jobs = []
+    for b in args.budgets:
+        for label, agent in entries:
+            kwargs = agent_kwargs.get(label, {})
+            for seed in range(args.seeds):
+                jobs.append({"env": args.env, "env_kwargs": {**env_kwargs, bk: b}, "agent": label, "algo": agent,
+                             "seed": seed, "budget": b, "episodes": 1 if agent == "uniform" else args.episodes,
+                             "agent_kwargs": kwargs, "warmup": warmup_length(agent, kwargs), "logdir": args.logdir,
+                             "name": f"{args.env}__{bk}{b}__{label}__seed{seed}"})
+    t0 = time.time()
+    if args.workers > 1:
+        with ProcessPoolExecutor(args.workers) as pool:
+            runs = list(pool.map(run_one, jobs))
+    else:
+        runs = [run_one(j) for j in jobs]
+    wall = time.time() - t0
+    if args.rescore and not args.smoke:  # the smoke dataset has no real env behind it
+        rescore_real(args.env, env_kwargs, runs, args.rescore)
+    text = table(runs, labels, args.budgets, args.episodes)
+    print(text)
+    print(f"{len(jobs)} runs in {wall:.0f} s ({args.workers} worker(s))")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({"env": args.env, "env_kwargs": env_kwargs, "budgets": args.budgets,
+                                   "agents": args.agents, "seeds": args.seeds, "episodes": args.episodes,
+                                   "agent_kwargs": agent_kwargs, "wall_s": round(wall, 1),
+                                   "command": " ".join(sys.argv),
+                                   "table": text, "runs": runs}, indent=1))
+        plot(runs, labels, args.budgets, out.with_suffix(".png"))
+        print(f"wrote {out} and {out.with_suffix('.png')}")
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

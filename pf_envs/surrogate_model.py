@@ -1,0 +1,360 @@
+"""Regressors from a policy (applied per-unit values) to the accuracy a real episode scores: the
+reward model of the surrogate envs (:mod:`pf_envs.envs.surrogate`).
+
+Families (:data:`FAMILIES`), each an ensemble of ``members`` fitted on bootstrap samples, so the
+spread of the members' predictions is an uncertainty (reported in the surrogate env's ``info``
+as ``surrogate_std``):
+
+- ``hgb``: scikit-learn's ``HistGradientBoostingRegressor``;
+- ``gb``: scikit-learn's ``GradientBoostingRegressor`` (row subsampling);
+- ``mlp``: scikit-learn's ``MLPRegressor`` (two hidden layers), predicted in numpy;
+- ``gp``: scikit-learn's ``GaussianProcessRegressor`` (Matern 5/2 with one length scale per
+  feature, plus white noise); one model, its posterior standard deviation is the uncertainty.
+
+Features: each unit's value scaled to [0, 1] by its range in the training data, and the
+policy's cost ratio. Target: accuracy (the surrogate env computes its reward from it with the
+env's reward function, as the real env does).
+
+:func:`holdout_scores` measures a family on held-out episodes (Spearman, mean absolute error in
+points, Spearman within the top decile and within cost-ratio bins).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+from pf_envs.episode_data import EpisodeData
+
+#: Every regressor family, name -> class (below).
+FAMILIES: dict[str, type[SurrogateRegressor]] = {}
+
+
+class SurrogateRegressor:
+    """An ensemble regressor: :meth:`fit` on ``(x, y)``, :meth:`predict` gives (mean, std)."""
+
+    name: ClassVar[str] = ""
+    DEFAULTS: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, seed: int = 0, **settings: Any) -> None:
+        unknown = sorted(set(settings) - set(self.DEFAULTS))
+        if unknown:
+            raise TypeError(f"surrogate {self.name!r} got unknown setting(s) {unknown}; valid: {sorted(self.DEFAULTS)}")
+        self.seed = int(seed)
+        self.settings = {**self.DEFAULTS, **settings}
+        self.lo: np.ndarray | None = None
+        self.span: np.ndarray | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.name:
+            FAMILIES[cls.name] = cls
+
+    # features -----------------------------------------------------------------------------------
+    def features(self, values: np.ndarray, cost_ratio: np.ndarray) -> np.ndarray:
+        """``(n, units + 1)``: values scaled by the training ranges, then the cost ratio."""
+        assert self.lo is not None and self.span is not None
+        v = (np.atleast_2d(np.asarray(values, np.float64)) - self.lo) / self.span
+        return np.concatenate([v, np.asarray(cost_ratio, np.float64).reshape(-1, 1)], 1)
+
+    def fit(self, values: np.ndarray, cost_ratio: np.ndarray, accuracy: np.ndarray) -> SurrogateRegressor:
+        values = np.asarray(values, np.float64)
+        self.lo = values.min(0)
+        hi = values.max(0)
+        self.span = np.where(hi > self.lo, hi - self.lo, 1.0)
+        self._fit(self.features(values, cost_ratio), np.asarray(accuracy, np.float64))
+        return self
+
+    def predict(self, values: np.ndarray, cost_ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted accuracy and its uncertainty (standard deviation) per policy."""
+        x = self.features(values, np.atleast_1d(cost_ratio))
+        return self._predict(x)
+
+    def _bootstrap(self, n: int, k: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, k]).integers(0, n, n)
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+
+class _TreeEnsemble(SurrogateRegressor):
+    def _member(self, k: int) -> Any:
+        raise NotImplementedError
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.members = []
+        for k in range(int(self.settings["members"])):
+            idx = self._bootstrap(len(y), k) if self.settings["members"] > 1 else np.arange(len(y))
+            self.members.append(self._member(k).fit(x[idx], y[idx]))
+
+    def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        p = np.stack([m.predict(x) for m in self.members])
+        return p.mean(0), p.std(0)
+
+
+class HGBSurrogate(_TreeEnsemble):
+    """Bagged ``HistGradientBoostingRegressor``; ``monotone``: the prediction may only grow with
+    each unit's value (keeping more never costs accuracy) and with the cost ratio."""
+
+    name = "hgb"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"members": 5, "max_iter": 300, "learning_rate": 0.05,
+                                          "max_leaf_nodes": 15, "min_samples_leaf": 5, "l2_regularization": 0.0,
+                                          "monotone": False}
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        self._n_features = x.shape[1]
+        super()._fit(x, y)
+
+    def _member(self, k: int) -> Any:
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        s = self.settings
+        return HistGradientBoostingRegressor(
+            max_iter=s["max_iter"], learning_rate=s["learning_rate"], max_leaf_nodes=s["max_leaf_nodes"],
+            min_samples_leaf=s["min_samples_leaf"], l2_regularization=s["l2_regularization"],
+            monotonic_cst=[1] * self._n_features if s["monotone"] else None,
+            early_stopping=False, random_state=self.seed * 1000 + k)
+
+
+class GBSurrogate(_TreeEnsemble):
+    """Bagged ``GradientBoostingRegressor`` (each member also subsamples rows)."""
+
+    name = "gb"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"members": 5, "n_estimators": 300, "learning_rate": 0.05, "max_depth": 3,
+                                          "subsample": 0.8}
+
+    def _member(self, k: int) -> Any:
+        from sklearn.ensemble import GradientBoostingRegressor
+
+        s = self.settings
+        return GradientBoostingRegressor(n_estimators=s["n_estimators"], learning_rate=s["learning_rate"],
+                                         max_depth=s["max_depth"], subsample=s["subsample"],
+                                         random_state=self.seed * 1000 + k)
+
+
+class MLPSurrogate(SurrogateRegressor):
+    """An ensemble of ``MLPRegressor`` (ReLU, Adam, L2), each on a bootstrap sample; predicted
+    with numpy from the fitted weights (fast on one row)."""
+
+    name = "mlp"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"members": 5, "hidden": (64, 64), "alpha": 1e-3, "max_iter": 3000,
+                                          "learning_rate_init": 1e-3}
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+        from sklearn.neural_network import MLPRegressor
+
+        s = self.settings
+        self.y_mean, self.y_std = float(y.mean()), float(y.std() or 1.0)
+        z = (y - self.y_mean) / self.y_std
+        self.weights: list[tuple[list[np.ndarray], list[np.ndarray]]] = []
+        for k in range(int(s["members"])):
+            idx = self._bootstrap(len(y), k) if s["members"] > 1 else np.arange(len(y))
+            m = MLPRegressor(hidden_layer_sizes=tuple(s["hidden"]), alpha=s["alpha"], max_iter=s["max_iter"],
+                             learning_rate_init=s["learning_rate_init"], random_state=self.seed * 1000 + k,
+                             early_stopping=len(y) >= 200, n_iter_no_change=50, tol=1e-6)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                m.fit(x[idx], z[idx])
+            self.weights.append(([w.copy() for w in m.coefs_], [b.copy() for b in m.intercepts_]))
+
+    def state(self) -> dict[str, Any]:
+        """The fitted ensemble as tensors and numbers (what the disk cache stores)."""
+        import torch
+
+        assert self.lo is not None and self.span is not None
+        return {"lo": torch.from_numpy(self.lo), "span": torch.from_numpy(self.span), "y_mean": self.y_mean,
+                "y_std": self.y_std, "coefs": [[torch.from_numpy(w) for w in c] for c, _ in self.weights],
+                "biases": [[torch.from_numpy(b) for b in bs] for _, bs in self.weights]}
+
+    def load_state(self, state: dict[str, Any], data: EpisodeData | None = None) -> MLPSurrogate:
+        """The ensemble of :meth:`state` (``data`` is not needed: the weights are the model)."""
+        self.lo, self.span = state["lo"].numpy(), state["span"].numpy()
+        self.y_mean, self.y_std = float(state["y_mean"]), float(state["y_std"])
+        self.weights = [([w.numpy() for w in c], [b.numpy() for b in bs])
+                        for c, bs in zip(state["coefs"], state["biases"])]
+        return self
+
+    def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = []
+        for coefs, biases in self.weights:
+            h = x
+            for i, (w, b) in enumerate(zip(coefs, biases)):
+                h = h @ w + b
+                if i < len(coefs) - 1:
+                    h = np.maximum(h, 0.0)
+            out.append(h[:, 0] * self.y_std + self.y_mean)
+        p = np.stack(out)
+        return p.mean(0), p.std(0)
+
+
+class GPSurrogate(SurrogateRegressor):
+    """``GaussianProcessRegressor``: constant x Matern(5/2, ARD) + white noise, targets
+    normalised; at most ``max_points`` training episodes (a random subset), its cost being cubic."""
+
+    name = "gp"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"max_points": 1500, "restarts": 1}
+    #: Kernel hyperparameters (log) to fit with instead of optimising them (a cached fit).
+    fixed_theta: np.ndarray | None = None
+
+    def state(self) -> dict[str, Any]:
+        """The fitted kernel's hyperparameters (what the disk cache stores; the data is the rest)."""
+        import torch
+
+        return {"theta": torch.from_numpy(np.asarray(self.model.kernel_.theta, np.float64))}
+
+    def load_state(self, state: dict[str, Any], data: EpisodeData | None = None) -> GPSurrogate:
+        """Refit on ``data`` with the cached hyperparameters (one Cholesky factorisation, no search)."""
+        if data is None:
+            raise ValueError("a GP surrogate is its data: load_state needs the dataset it was fitted on")
+        self.fixed_theta = state["theta"].numpy()
+        return self.fit(data.values, data.cost_ratio, target_of(data))  # type: ignore[return-value]
+
+    def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        from sklearn.gaussian_process import GaussianProcessRegressor
+        from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
+
+        n = int(self.settings["max_points"])
+        if len(y) > n:
+            idx = np.random.default_rng(self.seed).choice(len(y), n, replace=False)
+            x, y = x[idx], y[idx]
+        kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(x.shape[1]), length_scale_bounds=(1e-2, 1e3),
+                                              nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
+        if self.fixed_theta is not None:
+            kernel = kernel.clone_with_theta(self.fixed_theta)
+        self.model = GaussianProcessRegressor(kernel=kernel, normalize_y=True,
+                                              n_restarts_optimizer=int(self.settings["restarts"]),
+                                              optimizer=None if self.fixed_theta is not None else "fmin_l_bfgs_b",
+                                              random_state=self.seed)
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
+
+        with warnings.catch_warnings():  # hyperparameters at their bounds: reported as warnings, harmless here
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            self.model.fit(x, y)
+
+    def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mean, std = self.model.predict(x, return_std=True)
+        return mean, std
+
+
+def make_regressor(family: str, seed: int = 0, **settings: Any) -> SurrogateRegressor:
+    """A new regressor of ``family`` (see :data:`FAMILIES`)."""
+    if family not in FAMILIES:
+        raise ValueError(f"unknown surrogate family {family!r}; choose one of {sorted(FAMILIES)}")
+    return FAMILIES[family](seed=seed, **settings)
+
+
+def fit_on(data: EpisodeData, family: str, seed: int = 0, **settings: Any) -> SurrogateRegressor:
+    """A regressor of ``family`` fitted on every episode of ``data`` (target: accuracy)."""
+    target = target_of(data)
+    return make_regressor(family, seed, **settings).fit(data.values, data.cost_ratio, target)
+
+
+def target_of(data: EpisodeData) -> np.ndarray:
+    """The regression target of every episode: its accuracy (the reward where none was recorded)."""
+    acc = data.accuracy
+    return np.where(np.isfinite(acc), acc, data.reward)
+
+
+# -- held-out error -------------------------------------------------------------------------------
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(spearmanr(a, b).statistic)
+
+
+def split_indices(data: EpisodeData, test_frac: float = 0.2, seed: int = 0, by: str = "episode"
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices: a random ``test_frac`` of the episodes (``by="episode"``) or of
+    the plan's blocks (``by="block"``: a search's episodes are all in or all out, stricter)."""
+    rng = np.random.default_rng(seed)
+    n = len(data)
+    if by == "episode":
+        perm = rng.permutation(n)
+        k = max(1, int(round(test_frac * n)))
+        return np.sort(perm[k:]), np.sort(perm[:k])
+    if by == "block":
+        blocks = np.unique(data.block)
+        test_blocks = rng.choice(blocks, max(1, int(round(test_frac * len(blocks)))), replace=False)
+        mask = np.isin(data.block, test_blocks)
+        return np.flatnonzero(~mask), np.flatnonzero(mask)
+    raise ValueError(f"by must be 'episode' or 'block', got {by!r}")
+
+
+@dataclass
+class HoldoutScore:
+    """A family's error on held-out episodes (accuracy in points: x 100)."""
+
+    family: str
+    train: int
+    test: int
+    spearman: float
+    mae_points: float
+    top_decile_spearman: float
+    within_budget_spearman: float
+    mean_std_points: float
+    fit_s: float
+    predict_ms: float
+
+    def row(self) -> str:
+        return (f"| {self.family} | {self.train} | {self.test} | {self.spearman:.3f} | {self.mae_points:.2f} | "
+                f"{self.top_decile_spearman:.3f} | {self.within_budget_spearman:.3f} | {self.mean_std_points:.2f} | "
+                f"{self.fit_s:.1f} | {self.predict_ms:.2f} |")
+
+
+HEADER = ("| surrogate | train | test | Spearman | MAE (points) | top-decile Spearman | within-budget Spearman | "
+          "mean std (points) | fit s | predict ms (1 row) |\n|---|---|---|---|---|---|---|---|---|---|")
+
+
+def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "mlp", "gp"), *, test_frac: float = 0.2,
+                   seed: int = 0, by: str = "episode", bin_width: float = 0.1,
+                   settings: dict[str, dict[str, Any]] | None = None) -> list[HoldoutScore]:
+    """Fit each family on the training part of ``data`` and score it on the held-out part.
+
+    ``top_decile_spearman``: Spearman among the held-out episodes whose real accuracy is in the
+    top tenth; ``within_budget_spearman``: the mean Spearman within cost-ratio bins of
+    ``bin_width`` holding at least 10 held-out episodes (what a search at one budget sees).
+    ``families`` may hold labelled variants ``label=family`` whose settings are
+    ``settings[label]`` (e.g. ``hgb_mono=hgb`` with ``{"hgb_mono": {"monotone": True}}``).
+    """
+    tr, te = split_indices(data, test_frac, seed, by)
+    train, test = data.subset(tr), data.subset(te)
+    y = target_of(test)
+    out = []
+    for entry in families:
+        family, _, base = entry.partition("=")
+        t0 = time.perf_counter()
+        model = fit_on(train, base or family, seed, **(settings or {}).get(family, {}))
+        fit_s = time.perf_counter() - t0
+        mean, std = model.predict(test.values, test.cost_ratio)
+        t0 = time.perf_counter()
+        reps = 20
+        for i in range(reps):
+            model.predict(test.values[i % len(test): i % len(test) + 1], test.cost_ratio[i % len(test)])
+        predict_ms = 1000 * (time.perf_counter() - t0) / reps
+        top = y >= np.quantile(y, 0.9)
+        bins = np.floor(test.cost_ratio / bin_width)
+        within = [spearman(y[bins == b], mean[bins == b]) for b in np.unique(bins) if (bins == b).sum() >= 10]
+        within = [w for w in within if np.isfinite(w)]
+        out.append(HoldoutScore(
+            family, len(tr), len(te), spearman(y, mean), float(100 * np.abs(y - mean).mean()),
+            spearman(y[top], mean[top]), float(np.mean(within)) if within else float("nan"),
+            float(100 * std.mean()), fit_s, predict_ms))
+    return out
+
+
+__all__ = ["FAMILIES", "HEADER", "HoldoutScore", "SurrogateRegressor", "fit_on", "holdout_scores", "make_regressor",
+           "split_indices"]

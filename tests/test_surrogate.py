@@ -1,0 +1,255 @@
+"""Surrogate envs and their regressors, on a tiny synthetic ChannelPrune-ResNet20 dataset (no
+images, no training); one test compares the geometry with the real env (needs the data)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import pf_envs  # noqa: F401  (registers the ids)
+from pf_agents.episodes import env_settings
+from pf_envs.envs.surrogate import SurrogateChannelPruneEnv, fitted_regressor
+from pf_envs.episode_data import DATASETS, EpisodeData, export_npz, load_episodes
+from pf_envs.surrogate_model import FAMILIES, holdout_scores, make_regressor
+
+REAL_ID = "ChannelPrune-ResNet20-v0"
+SURROGATE_ID = "Surrogate-ChannelPrune-ResNet20-v0"
+
+
+def synthetic_accuracy(values: np.ndarray) -> np.ndarray:
+    """A smooth stand-in for the real accuracy: early groups matter less than late ones."""
+    w = np.linspace(0.1, 0.6, values.shape[1])
+    return 0.9 - ((1.0 - values) ** 2 * w).sum(1) / w.sum()
+
+
+def synthetic_dataset(n: int = 120, seed: int = 0) -> EpisodeData:
+    """``n`` episodes of random actions at budgets 0.2-0.8 on the surrogate env's own geometry
+    (dry runs: the clamp and the grids are the real env's), scored by :func:`synthetic_accuracy`."""
+    settings = {k: v for k, v in env_settings(REAL_ID, {"ft_iters": 0, "reward_samples": 2000}).items()
+                if k != "flops_budget"}
+    header = {"format": "pf-episodes/1", "env_id": REAL_ID, "env_kwargs": {"ft_iters": 0}, "env_settings": settings,
+              "budget_kwarg": "flops_budget", "reference_budget": 0.5, "model_fingerprint": "synthetic",
+              "recovery_fingerprint": "synthetic", "num_steps": 12, "accuracy_original": 0.9}
+    seedling = [{"values": [1.0] * 12, "accuracy": 0.9, "reward": 0.9, "cost_ratio": 1.0, "budget": b, "source": "x",
+                 "block": 0, "seed": i} for i, b in enumerate((0.2, 0.8))]
+    geometry = SurrogateChannelPruneEnv(EpisodeData.from_records(header, seedling), surrogate="gp")
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        budget = round(float(rng.uniform(0.2, 0.8)), 4)
+        geometry.budget = budget  # the clamp reads the budget
+        geometry.reset(seed=i, options={"dry_run": True})
+        for a in rng.uniform(-1, 1, 12):
+            *_, info = geometry.step(np.array([a], np.float32))
+        values = np.asarray(info["policy"])
+        acc = float(synthetic_accuracy(values[None])[0] + rng.normal(0, 0.002))
+        records.append({"values": values.tolist(), "accuracy": acc, "reward": acc, "cost_ratio": info["cost_ratio"],
+                        "budget": budget, "source": "random", "block": i // 5, "seed": i})
+    return EpisodeData.from_records(header, records)
+
+
+@pytest.fixture(scope="module")
+def data() -> EpisodeData:
+    return synthetic_dataset()
+
+
+@pytest.fixture(scope="module")
+def env(data):
+    return SurrogateChannelPruneEnv(data, flops_budget=0.3, surrogate="gp")
+
+
+def test_registered():
+    import gymnasium as gym
+
+    assert SURROGATE_ID in pf_envs.ENV_IDS and SURROGATE_ID in gym.registry
+    assert pf_envs.ENV_IDS[SURROGATE_ID]["kwargs"]["data"] == "channelprune_resnet20"
+    assert SURROGATE_ID not in pf_envs.env_ids("ChannelPrune")  # not a method x model id
+
+
+def test_env_checkers(env):
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+
+
+def test_episode_reward_info_and_budget(env, data):
+    env.reset(seed=0)
+    for _ in range(env.num_steps):
+        obs, reward, terminated, truncated, info = env.step(np.array([1.0], np.float32))
+    assert terminated and not truncated and env.observation_space.contains(obs)
+    assert info["flops_ratio"] <= 0.3 + 1e-9 and info["cost_ratio"] == info["flops_ratio"]
+    assert 0.0 <= info["accuracy"] <= 1.0 and reward == pytest.approx(info["accuracy"])
+    assert info["surrogate_std"] >= 0 and info["surrogate"] == "gp" and info["accuracy_original"] == 0.9
+    for key in ("policy", "keep_ratios", "keep_counts", "flops_budget", "params_ratio", "macs", "reward_components",
+                "reward_samples", "budget", "cost_name"):
+        assert key in info, key
+    assert 0 < info["params_ratio"] < 1
+    # the prediction is the regressor's, and near the synthetic truth on a dense policy region
+    mean, _ = env.regressor.predict(np.asarray(info["policy"])[None], info["cost_ratio"])
+    assert info["accuracy"] == pytest.approx(float(np.clip(mean[0], 0, 1)))
+
+
+def test_deterministic_and_fitted_once(data):
+    a = SurrogateChannelPruneEnv(data, flops_budget=0.5)
+    b = SurrogateChannelPruneEnv(data, flops_budget=0.6)
+    assert a.regressor is b.regressor is fitted_regressor(data, "gp", 0)
+    ra, _ = a.play_policy(b.play_policy([0.5] * 12, dry_run=True)[1]["policy"])
+    assert ra == a.play_policy([0.5] * 12)[0]
+
+
+def test_budget_outside_the_data_and_unknown_kwargs(data):
+    with pytest.raises(ValueError, match="outside the budgets"):
+        SurrogateChannelPruneEnv(data, flops_budget=0.95)
+    with pytest.raises(TypeError, match="ft_iters"):
+        SurrogateChannelPruneEnv(data, ft_iters=100)
+    with pytest.raises(ValueError, match="unknown surrogate"):
+        SurrogateChannelPruneEnv(data, surrogate="forest")
+    with pytest.raises(RuntimeError, match="builds no model"):
+        SurrogateChannelPruneEnv(data).compressed_model()
+
+
+def test_reward_function_applies_to_the_prediction(data):
+    env = SurrogateChannelPruneEnv(data, flops_budget=0.5, reward="acc_log_flops")
+    reward, info = env.play_policy([0.5] * 12)
+    assert reward != pytest.approx(info["accuracy"]) and info["reward_name"] == "acc_log_flops"
+
+
+def test_gym_make_with_a_file(tmp_path, data):
+    import gymnasium as gym
+
+    path = tmp_path / "episodes.npz"
+    export_npz(data, path)
+    env = gym.make(SURROGATE_ID, data=str(path), flops_budget=0.4, surrogate="gp")
+    env.reset(seed=1)
+    while True:
+        *_, terminated, _, info = env.step(env.action_space.sample())
+        if terminated:
+            break
+    assert info["flops_ratio"] <= 0.4 + 1e-9 and "surrogate_std" in info
+
+
+def test_shipped_dataset_sha256_is_checked(tmp_path, monkeypatch, data):
+    import pf_envs.episode_data as ed
+
+    path = tmp_path / "d.npz"
+    sha = export_npz(data, path)
+    monkeypatch.setattr(ed, "DATA_DIR", tmp_path)
+    monkeypatch.setitem(DATASETS, "tiny", {"file": "d.npz", "sha256": sha, "url": None})
+    assert len(load_episodes("tiny")) == len(data)
+    monkeypatch.setitem(DATASETS, "tiny", {"file": "d.npz", "sha256": "0" * 64, "url": None})
+    with pytest.raises(ValueError, match="sha256"):
+        load_episodes("tiny")
+    monkeypatch.setitem(DATASETS, "gone", {"file": "none.npz", "sha256": sha, "url": None, "collect": "cmd"})
+    with pytest.raises(FileNotFoundError, match="cmd"):
+        load_episodes("gone")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_regressor_families_fit_and_rank(family, data):
+    small = {"hgb": {"members": 2, "max_iter": 50}, "gb": {"members": 2, "n_estimators": 50},
+             "mlp": {"members": 2}, "gp": {}}[family]
+    tr, te = np.arange(0, 90), np.arange(90, len(data))
+    model = make_regressor(family, 0, **small).fit(data.values[tr], data.cost_ratio[tr], data.accuracy[tr])
+    mean, std = model.predict(data.values[te], data.cost_ratio[te])
+    assert mean.shape == std.shape == (len(te),) and (std >= 0).all()
+    from scipy.stats import spearmanr
+
+    assert spearmanr(mean, data.accuracy[te]).statistic > 0.6  # a smooth target: every family ranks it
+
+
+def test_holdout_scores(data):
+    (score,) = holdout_scores(data, ["gp"], test_frac=0.25)
+    assert score.train + score.test == len(data) and score.spearman > 0.8 and score.mae_points < 3
+
+
+def _real_env_available() -> bool:
+    import os
+
+    return bool(os.environ.get("PF_DATA_DIR"))
+
+
+@pytest.mark.skipif(not _real_env_available(), reason="needs the CIFAR-10 data (PF_DATA_DIR)")
+def test_geometry_matches_the_real_env(env):
+    """Same spaces, observations, clamp and per-step info as the real env, action for action."""
+    import gymnasium as gym
+
+    real = gym.make(REAL_ID, flops_budget=0.3, ft_iters=0, reward_samples=2000).unwrapped
+    assert real.observation_space == env.observation_space and real.action_space == env.action_space
+    rng = np.random.default_rng(3)
+    for episode in range(3):
+        actions = rng.uniform(-1, 1, env.num_steps)
+        o1, _ = real.reset(seed=episode, options={"dry_run": True})
+        o2, _ = env.reset(seed=episode, options={"dry_run": True})
+        np.testing.assert_allclose(o1, o2)
+        for a in actions:
+            o1, _, _, _, i1 = real.step(np.array([a], np.float32))
+            o2, _, _, _, i2 = env.step(np.array([a], np.float32))
+            np.testing.assert_allclose(o1, o2)
+            assert i1 == i2
+
+
+def quant_dataset(n: int = 40, seed: int = 0) -> EpisodeData:
+    """``n`` random UniformQuant-ResNet20 policies at 2.1-2.4 average bits, scored smoothly."""
+    from pf_envs.envs.surrogate import SurrogateUniformQuantEnv
+
+    real = "UniformQuant-ResNet20-v0"
+    settings = {k: v for k, v in env_settings(real, {"reward_samples": 2000}).items() if k != "avg_bits"}
+    header = {"format": "pf-episodes/1", "env_id": real, "env_kwargs": {}, "env_settings": settings,
+              "budget_kwarg": "avg_bits", "reference_budget": 2.25, "model_fingerprint": "synthetic",
+              "recovery_fingerprint": "synthetic", "num_steps": 22, "accuracy_original": 0.89}
+    seedling = [{"values": [2.0] * 22, "accuracy": 0.8, "cost_ratio": 2 / 32, "budget": b, "source": "x", "block": 0,
+                 "seed": 0} for b in (2.1, 2.4)]
+    geometry = SurrogateUniformQuantEnv(EpisodeData.from_records(header, seedling), surrogate="gp")
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n):
+        budget = round(float(rng.uniform(2.1, 2.4)), 4)
+        geometry.budget = budget / 32  # the clamp reads the budget (a fraction of 32-bit weights)
+        geometry.reset(seed=i, options={"dry_run": True})
+        for a in rng.uniform(-1, 1, 22):
+            *_, info = geometry.step(np.array([a], np.float32))
+        acc = 0.89 - 0.02 * float(np.mean((8 - np.asarray(info["policy"])) ** 2)) / 36
+        records.append({"values": info["policy"], "accuracy": acc, "reward": acc, "cost_ratio": info["cost_ratio"],
+                        "budget": budget, "source": "random", "block": i, "seed": i})
+    return EpisodeData.from_records(header, records)
+
+
+def test_uniform_quant_surrogate():
+    """Checkers pass; the budget clamp holds; model_size_bytes is the learners' storage of the
+    quantized model, without building it."""
+    from gymnasium.utils.env_checker import check_env as gym_check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from learners.quantization import quantize_model, storage_bytes
+    from pf_envs.envs.surrogate import SurrogateUniformQuantEnv
+
+    env = SurrogateUniformQuantEnv(quant_dataset(), avg_bits=2.25, surrogate="gp")
+    gym_check_env(env, skip_render_check=True)
+    sb3_check_env(env, warn=True)
+    rng = np.random.default_rng(1)
+    env.reset(seed=0)
+    for a in rng.uniform(-1, 1, env.num_steps):
+        *_, info = env.step(np.array([a], np.float32))
+    assert info["avg_weight_bits"] <= 2.25 + 1e-9 and info["flops_ratio"] == info["params_ratio"] == 1.0
+    built = quantize_model(env.model, env.layer_specs(info["policy"]), act_ranges=env._act_ranges, codebooks=None)
+    assert info["model_size_bytes"] == storage_bytes(built)
+    with pytest.raises(ValueError, match="outside the budgets"):
+        SurrogateUniformQuantEnv(quant_dataset(), avg_bits=3.0)
+
+
+def test_shipped_dataset_and_registered_id():
+    """The packaged dataset matches its sha256 and the registered id plays on it."""
+    import gymnasium as gym
+
+    data = load_episodes("channelprune_resnet20")
+    assert len(data) == DATASETS["channelprune_resnet20"]["episodes"] and data.num_units == 12
+    assert data.header["env_id"] == REAL_ID and data.header["env_settings"]["ft_iters"] == 0
+    env = gym.make(SURROGATE_ID, flops_budget=0.3, surrogate="gp")
+    env.reset(seed=0)
+    while True:
+        *_, terminated, _, info = env.step(env.action_space.sample())
+        if terminated:
+            break
+    assert info["flops_ratio"] <= 0.3 + 1e-9 and 0 <= info["accuracy"] <= 1
