@@ -289,3 +289,31 @@ def test_dense_and_pruned_exports_reference_the_dense_fp32(export_dir, tmp_path)
         ("resnet20/fp32", "dense", "fp32"), ("resnet20/int8", "dense", "int8")]
     assert deploy.pick_reference(entries, None).label == "resnet20/fp32"
     assert deploy.pick_reference(entries, "pruned/int8").label == "pruned/int8"
+
+
+class _FakeSession:
+    """Records which model ran, in order (for the round-robin test)."""
+
+    def __init__(self, name: str, calls: list[str]) -> None:
+        self.name, self.calls = name, calls
+
+    def get_inputs(self):
+        return [type("Input", (), {"name": "x"})()]
+
+    def run(self, _outputs, feed):
+        assert set(feed) == {"x"}
+        self.calls.append(self.name)
+
+
+def test_models_are_timed_in_round_robin_rounds():
+    calls: list[str] = []
+    sessions = [_FakeSession(n, calls) for n in "abc"]
+    x = np.zeros((1, 3, 4, 4), np.float32)
+    stats = deploy.time_interleaved(sessions, [x] * 3, warmup=1, runs=7, rounds=3)
+    assert calls[:3] == ["a", "b", "c"]  # the warm-up, once each
+    # 7 runs in 3 rounds (3, 2, 2), the order rotating by one model each round
+    assert "".join(calls[3:]) == "aaabbbccc" + "bbccaa" + "ccaabb"
+    assert [s["runs"] for s in stats] == [7, 7, 7] and all(s["rounds"] == 3 for s in stats)
+    assert all(0 <= s["min_ms"] <= s["median_ms"] <= s["p90_ms"] for s in stats)
+    with pytest.raises(deploy.DeployError, match="rounds must be >= 1"):
+        deploy.time_interleaved(sessions, [x] * 3, warmup=0, runs=3, rounds=0)
