@@ -123,7 +123,7 @@ def validate_manifest(manifest: Any, folder: str | os.PathLike[str] | None = Non
         need(m["test_images"] is None or isinstance(m["test_images"], int),
              f"{m['name']}: test_images must be an integer or null")
         need(_stays_inside(folder, m["file"]),
-             f"{m['name']}: file {m['file']!r} points outside the folder (it must be a relative path inside it; "
+             f"{m['name']}: file {m['file']!r} points outside its folder (it must be a relative path inside it; "
              "this manifest was edited or damaged)")
         if folder is not None:
             need((Path(folder) / m["file"]).is_file(), f"{m['file']} is missing")
@@ -139,7 +139,7 @@ def validate_manifest(manifest: Any, folder: str | os.PathLike[str] | None = Non
     need(isinstance(manifest.get("class_names"), list) and manifest["class_names"], "'class_names' must be a list")
     td = manifest.get("test_data")
     need(td is None or isinstance(td, str), "'test_data' must be a file name or null")
-    need(td is None or _stays_inside(folder, td), f"'test_data' {td!r} points outside the folder")
+    need(td is None or _stays_inside(folder, td), f"'test_data' {td!r} points outside its folder")
     if folder is not None and td is not None:
         need((Path(folder) / td).is_file(), f"{td} is missing")
     need(isinstance(manifest.get("source"), dict), "'source' must be an object")

@@ -232,6 +232,7 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
         raise ValueError(f"--out {out} is a file: pass a folder (it is created if missing)")
     if args.env is not None:
         check_env_id(args.env)  # before anything is created
+        _check_base_weights(args.env, parse_kwargs(args.env_kwargs) if args.env_kwargs else {})
     out.mkdir(parents=True, exist_ok=True)
     # one job per --out, from here to the end of the last stage: two jobs would search into
     # one run folder, then replay, re-train and export into the same files
@@ -241,6 +242,24 @@ def run_pipeline(args: argparse.Namespace) -> list[Stage]:
         return _run_stages(args, out)
     finally:
         lock.release()
+
+
+def _check_base_weights(env_id: str, env_kwargs: dict[str, Any]) -> None:
+    """A zoo model without trained weights (e.g. ``ChannelPrune-ResNet56-v0`` with no
+    ``checkpoint=``) is refused in one sentence before the search stage starts."""
+    import gymnasium as gym
+
+    from pf_envs import zoo
+
+    kwargs = {**gym.spec(env_id).kwargs, **env_kwargs}
+    model = kwargs.get("model")
+    if not isinstance(model, str):
+        return
+    try:
+        zoo.get_spec(model)
+    except KeyError:
+        return  # not a zoo name: the search stage says what is wrong with it
+    zoo.check_weights_available(model, str(kwargs.get("dataset", "cifar10")), kwargs.get("checkpoint"))
 
 
 def _run_stages(args: argparse.Namespace, out: Path) -> list[Stage]:

@@ -311,13 +311,13 @@ def test_a_manifest_naming_a_file_outside_its_folder_is_refused(tmp_path):
         "class_names": ["a"], "test_data": None, "source": {},
     }
     for name in ("model.onnx", "../elsewhere/model.onnx", str(elsewhere / "model.onnx")):
-        with pytest.raises(BundleError, match="points outside the folder"):
+        with pytest.raises(BundleError, match="points outside its folder"):
             validate_manifest({**good, "models": [{**good["models"][0], "file": name}]}, bundle)
     (bundle / "model.onnx").unlink()
     (bundle / "model.onnx").write_bytes(b"x")
     validate_manifest(good, bundle)
     for name in ("test.npz", "../elsewhere/test.npz"):
-        with pytest.raises(BundleError, match="'test_data' .* points outside the folder"):
+        with pytest.raises(BundleError, match="'test_data' .* points outside its folder"):
             validate_manifest({**good, "test_data": name}, bundle)
 
 

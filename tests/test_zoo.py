@@ -70,8 +70,11 @@ def test_wrong_dataset_variant():
 
 def test_missing_checkpoint_is_an_error_not_random_weights(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "CHECKPOINT_DIR", tmp_path)
-    with pytest.raises(zoo.CheckpointError, match="train_base.py"):
+    with pytest.raises(zoo.CheckpointError, match="pf-train-base --model resnet56"):
         zoo.load("resnet56", "cifar10")
+    with pytest.raises(zoo.CheckpointError, match="pf-train-base --model resnet56"):  # the same, before any work
+        zoo.check_weights_available("resnet56", "cifar10")
+    zoo.check_weights_available("resnet56", "cifar10", checkpoint=tmp_path / "mine.pt")  # the caller's own file
 
 
 def test_corrupt_checkpoint(tmp_path):

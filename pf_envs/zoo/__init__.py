@@ -237,12 +237,30 @@ def load(
                 "it again, or pass checkpoint=<your state-dict file>"
             ) from None
         return load_state_dict_into(model, state, spec.torchvision_weights[dataset]).eval()
+    raise _no_checkpoint(spec, dataset)
+
+
+def _no_checkpoint(spec: ModelSpec, dataset: str) -> CheckpointError:
     shipped = [f"{s.name}/{d}" for s in MODELS.values() for d in s.builders if s.has_checkpoint(d)]
-    raise CheckpointError(
+    return CheckpointError(
         f"no trained {dataset} checkpoint for {spec.name!r} ships with this version (shipped: "
-        f"{shipped}). Train one with `python scripts/train_base.py --model {spec.name} "
-        f"--dataset {dataset}` and pass checkpoint=<file>."
+        f"{shipped}). Train one with `pf-train-base --model {spec.name} --dataset {dataset}` "
+        "and pass checkpoint=<file>."
     )
+
+
+def check_weights_available(name: str, dataset: str = "cifar10", checkpoint: str | os.PathLike[str] | None = None
+                            ) -> None:
+    """Refuse, before any work, a zoo model that :func:`load` could not give trained weights
+    (no ``checkpoint``, none shipped, no torchvision weights for ``dataset``); what the whole job
+    checks before its first stage.
+
+    Raises:
+        CheckpointError: the sentence :func:`load` would say.
+    """
+    spec = get_spec(name)
+    if checkpoint is None and not spec.has_checkpoint(dataset) and dataset not in spec.torchvision_weights:
+        raise _no_checkpoint(spec, dataset)
 
 
 def checkpoint_record(name: str, dataset: str = "cifar10") -> dict | None:
