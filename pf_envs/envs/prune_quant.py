@@ -82,7 +82,7 @@ from pf_envs.envs.quant_ort import FP32, INT8, policy_digest
 from pf_envs.envs.quant_ort import SETTINGS as QUANT_SETTINGS
 from pf_envs.model_env import COMMON_SETTINGS, ModelCompressionEnv, count_params
 from pf_envs.rewards import Measurements
-from pf_envs.settings import Setting
+from pf_envs.settings import Setting, bind_settings, table_signature
 from pf_envs.zoo.twin import TWIN_INPUT_SIZE, imagenet_twin_of
 
 #: Bumped whenever the candidate, its scoring or the latency model changes (recovery fingerprint).
@@ -222,6 +222,10 @@ class PruneQuantLatency:
 
 
 # -- the environment -----------------------------------------------------------------------------------
+#: The env's ``__init__`` signature, made from its settings table.
+_SIGNATURE = table_signature(SETTINGS)
+
+
 class PruneQuantEnv(ModelCompressionEnv):
     """Channel pruning and int8/fp32 per layer in ONNX Runtime, under a measured latency budget.
 
@@ -269,47 +273,13 @@ class PruneQuantEnv(ModelCompressionEnv):
     _needs_stats = ChannelPruneEnv._needs_stats
     _make_pruner = ChannelPruneEnv._make_pruner
 
-    def __init__(
-        self,
-        model: str | nn.Module = "mobilenet_v1",
-        dataset: str = "cifar10",
-        *,
-        checkpoint: str | None = None,
-        data_root: str | None = None,
-        input_size: int | None = None,
-        latency_budget: float = 0.5,
-        min_keep: float = 0.2,
-        channel_round: int | None = None,
-        selection: str = "lasso",
-        reconstruct: bool = True,
-        feature_images: int = 1000,
-        points_per_image: int = 10,
-        ft_iters: int = 100,
-        ft_batch_size: int = 64,
-        ft_lr: float | None = None,
-        bn_batches: int = 20,
-        bn_batch_size: int = 128,
-        bn_augment: bool = True,
-        calibration_images: int = 256,
-        activation_type: str = "uint8",
-        reduce_range: bool = True,
-        per_channel: bool = True,
-        threads: int = 1,
-        latency_batch: int = 1,
-        latency_runs: int = 300,
-        latency_widths: int = 13,
-        latency_twin: bool = False,
-        measure_runs: int = 50,
-        reward: str = "accuracy",
-        reward_split: str = "val",
-        reward_samples: int = 5000,
-        device: str = "cpu",
-        cache: bool = True,
-        render_mode: str | None = None,
-        **unknown: Any,
-    ) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = bind_settings(_SIGNATURE, (self, *args), kwargs)
+        settings["__class__"] = PruneQuantEnv
         self._tmp = tempfile.TemporaryDirectory(prefix="pf-prunequant-")
-        super().__init__(dict(locals()), unknown)
+        super().__init__(settings, settings["unknown"])
+
+    __init__.__signature__ = _SIGNATURE  # made from SETTINGS: the keywords and their defaults
 
     # -- set-up --------------------------------------------------------------------------------------
     def _setup_method(self) -> None:
