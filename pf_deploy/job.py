@@ -26,7 +26,8 @@ benchmark  ``OUT/benchmark.json``                ``pf_deploy.benchmark`` (onnxru
 
 What it costs on a CPU (measured on a shared 2-core x86 machine): the search, one episode per
 ``--episodes`` (seconds each at ``ft_iters=0``, minutes at the env's default ``ft_iters=100``);
-re-training, ~16 minutes per epoch of ResNet-20 on the whole training split (MobileNet-V1
+re-training, ~3 minutes per epoch of ResNet-20 on the whole training split on an idle core
+(~16 minutes seen on a shared machine; MobileNet-V1
 several times that): ``--retrain-args '--train-images 5000'`` makes an epoch ~9x shorter;
 export, about a minute per model on 10,000 test images (``--export-args '--test-samples 2000'``);
 the benchmark, ``--bench-runs`` batch-1 runs per model and thread count (seconds).

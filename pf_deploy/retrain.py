@@ -10,7 +10,8 @@
 
 (``python -m pf_deploy.retrain`` and, in a checkout, ``python scripts/retrain.py`` are the same.)
 What it costs on a CPU: one epoch of ResNet-20 over the whole training split (45,000 images)
-took ~16 minutes on a shared 2-core machine, MobileNet-V1 several times that; the time
+is ~3 minutes of one idle core (351 steps at ~0.53 s; more with the distillation teacher)
+and took ~16 minutes on a shared 2-core machine, MobileNet-V1 several times that; the time
 scales with ``--epochs`` x ``--train-images``, and ``--val-images`` / ``--test-images``
 bound the scoring passes (10,000 test images: ~1 minute for ResNet-20).
 
