@@ -14,8 +14,9 @@ cache), the channel-selection statistics, the quantizers' activation ranges. Qua
 fingerprint holds three values that are measured on, or depend on the versions of, the
 machine (the latency table's digest, the calibration ranges' model digest and the
 onnxruntime version); those are pinned to placeholders here, everything else is real.
-MobileNet-V2 and ResNet-56 ship no checkpoint, so their ids are built on seeded random
-weights written to a temporary checkpoint.
+MobileNet-V2 and ResNet-56 shipped no checkpoint when the values were pinned, so their ids are
+built on seeded random weights written to a temporary checkpoint (MobileNet-V2's ships now; its
+entries keep the seeded weights, the values that were pinned).
 
 Regenerate (only when a fingerprint is meant to change, with a recovery-version bump):
 ``python tests/test_fingerprints_golden.py > tests/fingerprints_golden.json``.
@@ -31,7 +32,7 @@ from types import SimpleNamespace
 from typing import Any
 
 GOLDEN = Path(__file__).with_name("fingerprints_golden.json")
-#: ids whose model ships no checkpoint: built on seeded random weights.
+#: ids whose model shipped no checkpoint when the values were pinned: built on seeded random weights.
 UNSHIPPED = ("mobilenet_v2", "resnet56")
 #: ids left out, and why: PruneQuant's recovery fingerprint holds the digest of the latency
 #: table measured on this host at construction (minutes of ONNX Runtime profiling per model, and
