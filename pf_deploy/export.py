@@ -113,6 +113,8 @@ def write_bundle(
     check_samples: int | None = None,
     source: Mapping[str, Any] | None = None,
     extra: Mapping[str, Any] | None = None,
+    int8_precisions: Mapping[str, str] | None = None,
+    int8_options: Mapping[str, Any] | None = None,
     log: Callable[[str], None] = _log,
 ) -> dict[str, Any]:
     """Export ``model`` into ``out_dir`` and return the manifest written there.
@@ -141,6 +143,15 @@ def write_bundle(
         check_samples: score the secondary entries (exact int8, ``.ort`` files) on the first
             this many test images only (``test_images`` says how many); None: all.
         source / extra: provenance and extra top-level keys for the manifest.
+        int8_precisions: ``{torch layer: "int8" | "fp32"}``, a searched mixed-precision policy
+            (``PruneQuant``, ``QuantORT``): the int8 model quantizes the ``int8`` layers only and
+            keeps each ``fp32`` layer, with the nodes after it up to the next layer, in fp32, as
+            the env scored it (:func:`learners.ort_latency.layer_blocks`). Every weight layer of
+            the graph must be named. No ``int8`` layer: no int8 model is written. None: every
+            weight layer int8.
+        int8_options: quantizer options (``activation_type``, ``reduce_range``,
+            ``per_channel``) instead of ``int8_target``'s (the options the search priced its
+            candidates with).
 
     Raises:
         BundleError / ExportError / QuantizationError: an input is malformed, or fp32 ONNX does
@@ -153,6 +164,16 @@ def write_bundle(
         raise BundleError(f"{len(class_names)} class names but the model has {_num_outputs(model, input_size)} outputs")
     if int8_target not in INT8_TARGETS:
         raise BundleError(f"int8_target {int8_target!r} unknown; choose one of {sorted(INT8_TARGETS)}")
+    if int8_precisions is not None:
+        bad = {k: v for k, v in int8_precisions.items() if v not in ("int8", "fp32")}
+        if bad:
+            raise BundleError(f"int8_precisions must map layers to 'int8' or 'fp32', got {bad}")
+        if "int8" not in int8_precisions.values() and calibration is not None:
+            log("  note: the policy keeps every layer in fp32: no int8 model is written")
+            calibration = None
+    unknown_opts = set(int8_options or {}) - {"activation_type", "reduce_range", "per_channel"}
+    if unknown_opts:
+        raise BundleError(f"int8_options {sorted(unknown_opts)} unknown; pass activation_type, reduce_range, per_channel")
     _remove_stale_stages(out_dir)
     stage = out_dir.parent / f".{out_dir.name}.tmp{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
@@ -161,7 +182,8 @@ def write_bundle(
         manifest = _build(model, stage, input_size=input_size, mean=mean, std=std, class_names=class_names,
                           macs=macs, calibration=calibration, test=test, check_images=check_images,
                           ort_format=ort_format, int8_target=int8_target, exact_int8=exact_int8,
-                          check_samples=check_samples, source=source, extra=extra, log=log)
+                          check_samples=check_samples, source=source, extra=extra, log=log,
+                          int8_precisions=int8_precisions, int8_options=int8_options)
         out_dir.mkdir(parents=True, exist_ok=True)
         stale = out_dir / MANIFEST_NAME
         stale.unlink(missing_ok=True)  # a reader never pairs an old manifest with new files
@@ -243,11 +265,30 @@ def _num_outputs(model: nn.Module, input_size: int) -> int:
         return int(net(torch.zeros(1, 3, input_size, input_size)).shape[1])
 
 
+def _int8_exclude(model: nn.Module, prep: Path, precisions: Mapping[str, str]) -> list[str]:
+    """The nodes of the pre-processed graph ``prep`` kept in fp32 under ``precisions``."""
+    from learners.ort_latency import layer_blocks
+
+    weight_layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    missing = [n for n in weight_layers if n not in precisions]
+    extra = [n for n in precisions if n not in weight_layers]
+    if missing or extra:
+        raise BundleError(f"the precisions do not name the model's weight layers (missing {missing[:4]}, unknown "
+                          f"{extra[:4]}): the policy was searched on another architecture; export the model the "
+                          "policy was searched on")
+    blocks = layer_blocks(prep, weight_layers)
+    return [node for name in weight_layers if precisions[name] == "fp32" for node in blocks[name]]
+
+
 def _build(model, stage: Path, *, input_size, mean, std, class_names, macs, calibration, test, check_images,
-           ort_format, int8_target, exact_int8, check_samples, source, extra, log) -> dict[str, Any]:
+           ort_format, int8_target, exact_int8, check_samples, source, extra, log, int8_precisions=None,
+           int8_options=None) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     models: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
+    quant_opts = dict(int8_options) if int8_options else dict(INT8_TARGETS[int8_target])
+    target = next((name for name, o in INT8_TARGETS.items()
+                   if all(quant_opts.get(k) == v for k, v in o.items())), "custom")
 
     sub = test
     if test is not None and check_samples is not None and check_samples < len(test.labels):
@@ -296,7 +337,12 @@ def _build(model, stage: Path, *, input_size, mean, std, class_names, macs, cali
         ranges = oq.calibrate(prep, calibration())
         ranges.save(stage / "calibration.json")
         log(f"  calibrated on {ranges.images} images ({ranges.method}, {time.perf_counter() - t:.0f} s)")
-        oq.quantize_int8(prep, stage / "model.int8.onnx", ranges, **INT8_TARGETS[int8_target])
+        exclude = _int8_exclude(model, prep, int8_precisions) if int8_precisions is not None else []
+        if int8_precisions is not None:
+            n8 = sum(v == "int8" for v in int8_precisions.values())
+            log(f"  mixed precision as searched: {n8} of {len(int8_precisions)} layers int8, "
+                f"{len(exclude)} nodes kept fp32")
+        oq.quantize_int8(prep, stage / "model.int8.onnx", ranges, exclude_nodes=exclude, **quant_opts)
         models.append(entry("int8", "model.int8.onnx", "int8", exact=exact_int8))
         if test is not None:
             fp32_acc, int8 = models[0]["test_accuracy"], models[-1]
@@ -333,12 +379,14 @@ def _build(model, stage: Path, *, input_size, mean, std, class_names, macs, cali
         "source": dict(source or {}),
         "checks": checks,
         "quantization": ({"tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
-                          "target": int8_target, **{k: v for k, v in INT8_TARGETS[int8_target].items()},
-                          "weights": "int8 per-channel symmetric"
-                          + (" (7-bit range)" if INT8_TARGETS[int8_target]["reduce_range"] else ""),
-                          "activations": f"{INT8_TARGETS[int8_target]['activation_type']} (calibrated)",
+                          "target": target, **quant_opts,
+                          "weights": f"int8 per-{'channel' if quant_opts.get('per_channel', True) else 'tensor'} "
+                          "symmetric" + (" (7-bit range)" if quant_opts.get("reduce_range") else ""),
+                          "activations": f"{quant_opts.get('activation_type', 'int8')} (calibrated)",
                           "calibration": "MinMax", "calibration_file": "calibration.json",
-                          "preprocessed_fp32": "model.prep.onnx"} if calibration is not None else None),
+                          "preprocessed_fp32": "model.prep.onnx",
+                          **({"mixed": True, "precisions": dict(int8_precisions)} if int8_precisions is not None
+                             else {"mixed": False})} if calibration is not None else None),
         "versions": _versions(),
         **dict(extra or {}),
     }
@@ -381,9 +429,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output folder (files are replaced atomically)")
     p.add_argument("--int8", action="store_true", help="also write the static int8 model")
     p.add_argument("--calib-images", type=int, default=512, help="training images for int8 calibration (512)")
-    p.add_argument("--int8-target", choices=["arm", "x86"], default="arm",
-                   help="int8 settings: arm (int8 activations, 8-bit weights; also x86 with VNNI; default) or "
-                        "x86 (uint8 activations, 7-bit weights, for x86 without VNNI)")
+    p.add_argument("--int8-target", choices=["arm", "x86"], default=None,
+                   help="int8 settings: arm (int8 activations, 8-bit weights; also x86 with VNNI; the default) or "
+                        "x86 (uint8 activations, 7-bit weights, for x86 without VNNI). A model whose search chose "
+                        "per-layer precisions (PruneQuant, QuantORT) is quantized with the search's own options "
+                        "unless this is given")
     p.add_argument("--no-exact-int8", action="store_true",
                    help="skip scoring int8 with ORT's reference ops (the exact int8 arithmetic; slower)")
     p.add_argument("--check-samples", type=int, default=None,
@@ -444,6 +494,15 @@ def _export(args: argparse.Namespace) -> int:
                                                     align_corners=False).numpy()
             yield x
 
+    int8 = args.int8
+    if src.precisions is not None:  # the search chose each layer's precision: export what it chose
+        n8 = sum(p == "int8" for p in src.precisions.values())
+        print(f"the policy chose per-layer precisions ({n8} of {len(src.precisions)} layers int8): the int8 model "
+              "quantizes those layers only" + ("" if args.int8 or not n8 else " (written without --int8 too)"))
+        int8 = int8 or n8 > 0
+    options = src.int8_options if (src.precisions is not None and args.int8_target is None) else None
+    if options and args.int8_target is None:
+        print(f"int8 options as the search priced its candidates: {options}")
     test = None
     if args.test_samples != 0:
         images, labels = src.uint8_images("test", args.test_samples)
@@ -456,10 +515,11 @@ def _export(args: argparse.Namespace) -> int:
     manifest = write_bundle(
         src.model, args.out, input_size=size, mean=src.mean, std=src.std, class_names=src.class_names,
         macs=count_macs(src.model, size),
-        calibration=(lambda: batches(calib_u8, src.mean, src.std, size)) if args.int8 else None,
-        test=test, ort_format=args.ort_format, int8_target=args.int8_target, exact_int8=not args.no_exact_int8,
-        check_samples=args.check_samples, source=source,
-        extra={"calibration_images": args.calib_images if args.int8 else None, "twin": None},
+        calibration=(lambda: batches(calib_u8, src.mean, src.std, size)) if int8 else None,
+        test=test, ort_format=args.ort_format, int8_target=args.int8_target or "arm",
+        exact_int8=not args.no_exact_int8, check_samples=args.check_samples, source=source,
+        extra={"calibration_images": args.calib_images if int8 else None, "twin": None},
+        int8_precisions=src.precisions, int8_options=options,
     )
     _summary(args.out, manifest)
     if twin is not None:
@@ -472,10 +532,11 @@ def _export(args: argparse.Namespace) -> int:
             class_names=[str(i) for i in range(twin.classifier.out_features)] if hasattr(twin, "classifier")
             else [str(i) for i in range(1000)],
             macs=count_macs(twin, TWIN_INPUT_SIZE),
-            calibration=(lambda: batches(twin_calib, TWIN_MEAN, TWIN_STD, TWIN_INPUT_SIZE, 16)) if args.int8 else None,
-            test=None, ort_format=args.ort_format, int8_target=args.int8_target,
+            calibration=(lambda: batches(twin_calib, TWIN_MEAN, TWIN_STD, TWIN_INPUT_SIZE, 16)) if int8 else None,
+            test=None, ort_format=args.ort_format, int8_target=args.int8_target or "arm",
+            int8_precisions=src.precisions, int8_options=options,
             source={**source, "twin_of": str(args.model), "weights": "random (latency only)"},
-            extra={"calibration_images": len(twin_calib) if args.int8 else None,
+            extra={"calibration_images": len(twin_calib) if int8 else None,
                    "twin": {"of": str(Path(args.out).resolve()), "dataset": "imagenet-shaped",
                             "accuracy": "not applicable: random weights"}},
         )

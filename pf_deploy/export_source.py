@@ -40,6 +40,11 @@ class ExportSource:
         mean / std: per-channel normalisation applied after scaling uint8 pixels by 1/255.
         class_names: one name per output.
         source: provenance for the manifest (JSON-able).
+        precisions: ``{torch layer: "int8" | "fp32"}`` where the searched policy chose each
+            layer's precision (``PruneQuant``): the int8 export quantizes those layers only.
+            None: the policy says nothing of precision (every weight layer int8 with ``--int8``).
+        int8_options: the quantizer options the search priced and scored its candidates with
+            (``activation_type``, ``reduce_range``, ``per_channel``), where it had any.
     """
 
     model: nn.Module
@@ -51,6 +56,8 @@ class ExportSource:
     std: tuple[float, float, float]
     class_names: list[str]
     source: dict[str, Any] = field(default_factory=dict)
+    precisions: dict[str, str] | None = None
+    int8_options: dict[str, Any] | None = None
 
     def uint8_images(self, split: str, n: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         """``(images uint8 N x H x W x 3, labels int64 N)``: a fixed ``seed`` subset of ``n``
@@ -103,6 +110,8 @@ def load_export_source(
 
     text = str(spec)
     path = Path(text)
+    precisions: dict[str, str] | None = None
+    int8_options: dict[str, Any] | None = None
     if path.suffix in (".pt", ".json") or path.exists():
         if path.is_dir():
             raise ValueError(f"{path} is a folder; pass a compressed-model file (NAME.pt with NAME.json beside it) "
@@ -122,6 +131,10 @@ def load_export_source(
                 "state_sha1": record.get("state_sha1"), "base_model": base.model_name,
                 "metrics": record.get("metrics", {}),
             }
+            if hasattr(base, "precisions") and hasattr(base, "layers"):  # the policy chose precisions
+                precisions = dict(zip(base.layers, base.precisions(record["policy"])))
+                int8_options = dict(getattr(base, "quant_options", {}) or {}) or None
+                source["precisions"] = precisions
             # base.model_name is the zoo name (gym.make replaces base.spec with its EnvSpec)
             arch = base.model_name
             data, size = base.data, int(base.input_size)
@@ -143,7 +156,7 @@ def load_export_source(
                   "record_sha1": None, "state_sha1": None}
         arch, size, kind = zspec.name, int(data.input_size), "zoo"
     return ExportSource(model.cpu().float().eval(), arch, kind, data, size, tuple(data.train.mean),
-                        tuple(data.train.std), _class_names(data), source)
+                        tuple(data.train.std), _class_names(data), source, precisions, int8_options)
 
 
 def imagenet_twin(src: ExportSource, *, seed: int = 0) -> nn.Module:

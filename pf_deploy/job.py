@@ -173,7 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "--test-images 2000' (an epoch ~9x shorter), or '--distill --lr 0.05'")
     rt.add_argument("--nproc", type=int, default=1, help="re-training processes (torchrun, DDP)")
     ex = p.add_argument_group("export and benchmark")
-    ex.add_argument("--int8", action="store_true", help="also export an int8 ONNX Runtime model")
+    ex.add_argument("--int8", action="store_true",
+                    help="also export an int8 ONNX Runtime model (an env that searches per-layer precisions, "
+                         "PruneQuant or QuantORT, always gets its mixed int8 model, and the dense model in fp32 "
+                         "and int8 with the same quantizer options)")
     ex.add_argument("--ort-format", action="store_true", help="also write the .ort files for ONNX Runtime Mobile")
     ex.add_argument("--export-args", default="",
                     help="more pf-export flags; short: '--test-samples 2000 --no-exact-int8' (~5x less scoring)")
@@ -330,17 +333,26 @@ def _run_stages(args: argparse.Namespace, out: Path) -> list[Stage]:
         model_name = (record.get("env_kwargs") or {}).get("model") or gym.spec(env_id).kwargs.get("model")
         if isinstance(model_name, str):
             exports.append(("dense", out / "export-dense", model_name, None))
+    int8_flags = ["--int8"] if args.int8 else []
     for name, folder, source, sha in exports:
         t0 = time.time()
         manifest = _json(folder / "manifest.json")
         fresh = manifest is not None and (sha is None or (manifest.get("source") or {}).get("state_sha1") == sha)
         if not fresh:
             cmd = stage_command("pf_deploy.export", source, "--out", str(folder), *threads)
-            cmd += ["--int8"] if args.int8 else []
+            cmd += int8_flags
             cmd += ["--ort-format"] if args.ort_format else []
             cmd += shlex.split(args.export_args)
             _run(name, cmd, log)
         stages.append(Stage(name, folder / "manifest.json", not fresh, time.time() - t0))
+        quant = (_json(folder / "manifest.json") or {}).get("quantization") or {}
+        if name == "export" and quant.get("mixed"):
+            # the search chose per-layer precisions (PruneQuant, QuantORT): the export stage wrote
+            # the mixed int8 model with the search's quantizer options; the dense model is
+            # exported in fp32 and all-int8 with the same options, so the benchmark compares like
+            # with like
+            int8_flags = ["--int8"] + (["--int8-target", quant["target"]] if quant.get("target") in ("arm", "x86")
+                                       else [])
 
     # 4. benchmark ------------------------------------------------------------------------------
     t0 = time.time()

@@ -337,3 +337,41 @@ def test_imagenet_twin_takes_the_channel_counts():
     assert twin(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
     with pytest.raises(ValueError, match="not the same architecture"):
         match_channels(zoo.create_model("mobilenet_v1", "imagenet"), zoo.create_model("resnet20"))
+
+
+def test_a_searched_mixed_precision_policy_is_exported_as_searched(tmp_path):
+    """``int8_precisions`` (PruneQuant, QuantORT policies): the int8 model quantizes exactly the
+    layers the policy made int8, with the quantizer options the search used; a policy that keeps
+    every layer fp32 writes no int8 model; precisions of another architecture are refused."""
+    from pf_deploy.export import BundleError, write_bundle
+    from pf_envs import zoo
+
+    model = zoo.load("resnet20").eval()
+    layers = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    precisions = {name: ("int8" if i % 3 else "fp32") for i, name in enumerate(layers)}
+    rng = np.random.default_rng(0)
+
+    def calibration():
+        return iter([rng.standard_normal((8, 3, 32, 32)).astype(np.float32)])
+
+    options = {"activation_type": "uint8", "reduce_range": True, "per_channel": True}
+    kw = dict(input_size=32, mean=(0.5,) * 3, std=(0.25,) * 3, class_names=[str(i) for i in range(10)], macs=1,
+              calibration=calibration, log=lambda _m: None)
+    manifest = write_bundle(model, tmp_path / "mixed", int8_precisions=precisions, int8_options=options, **kw)
+    by_node = oq.node_precisions(tmp_path / "mixed" / "model.int8.onnx")
+    node_of = layer_nodes(model, tmp_path / "mixed" / "model.onnx")
+    assert {name: by_node[node_of[name]] for name in layers} == precisions  # each layer as the policy chose
+    q = manifest["quantization"]
+    assert q["mixed"] is True and q["precisions"] == precisions and q["target"] == "x86"
+    assert q["activation_type"] == "uint8" and q["reduce_range"] is True
+    assert [m["name"] for m in manifest["models"]] == ["fp32", "int8"]
+
+    fp32_only = write_bundle(model, tmp_path / "fp32", int8_precisions=dict.fromkeys(layers, "fp32"), **kw)
+    assert [m["name"] for m in fp32_only["models"]] == ["fp32"] and fp32_only["quantization"] is None
+    with pytest.raises(BundleError, match="another architecture"):
+        write_bundle(model, tmp_path / "bad", int8_precisions={"conv9": "int8"}, **kw)
+    with pytest.raises(BundleError, match="'int8' or 'fp32'"):
+        write_bundle(model, tmp_path / "bad", int8_precisions={layers[0]: "int4"}, **kw)
+    with pytest.raises(BundleError, match="int8_options"):
+        write_bundle(model, tmp_path / "bad", int8_options={"symmetric": True}, **kw)
+    assert not (tmp_path / "bad").exists()

@@ -91,3 +91,41 @@ def test_the_whole_job_then_a_second_run_skips_every_stage(tmp_path, cifar_root,
     capsys.readouterr()
     assert main(argv) == 0
     assert capsys.readouterr().out.count("already done") == 5
+
+
+@pytest.mark.slow
+def test_the_whole_job_on_prune_quant_exports_the_searched_precisions(tmp_path, cifar_root):
+    """Issue 23 item 4: ``pf-compress`` on a PruneQuant env ends in the re-trained model exported
+    as the mixed int8 model the search chose (not all-int8), with the search's quantizer
+    options, and the dense model in fp32 and int8 with the same options, all benchmarked."""
+    from learners.onnx_names import layer_nodes
+    from learners.ort_int8 import node_precisions
+
+    kwargs = SMALL.replace("flops_budget=0.5", "calibration_images=64,latency_runs=20,latency_widths=3,measure_runs=3,"
+                                               "latency_budget=0.6")
+    argv = ["--env", "PruneQuant-ResNet20-v0", "--agent", "random", "--episodes", "2", "--env-kwargs", kwargs,
+            "--retrain-epochs", "1", "--retrain-args", "--train-images 256 --val-images 100 --test-images 200 "
+            "--no-progress --no-tensorboard", "--export-args", "--test-samples 200 --calib-images 32",
+            "--bench-runs", "5", "--bench-args", "--limit 100 --warmup 2 --threads 1 --quiet",
+            "--threads", "1", "--out", str(tmp_path / "job")]
+    assert main(argv) == 0  # no --int8: the searched precisions are int8 by themselves
+    job = tmp_path / "job"
+    best = json.loads(next((job / "search").glob("*/best.json")).read_text())
+    manifest = json.loads((job / "export" / "manifest.json").read_text())
+    q = manifest["quantization"]
+    assert q["mixed"] is True and list(q["precisions"].values()) == best["info"]["precisions"]
+    assert (q["activation_type"], q["reduce_range"]) == ("uint8", True)  # the env's options, not --int8-target's
+    graph = node_precisions(job / "export" / "model.int8.onnx")
+    import torch
+
+    from pf_envs.compressed import load_compressed
+
+    model, _ = load_compressed(job / "retrain" / "retrained.pt")
+    node_of = layer_nodes(model, job / "export" / "model.onnx")
+    assert {name: graph[node_of[name]] for name in q["precisions"]} == q["precisions"]
+    assert isinstance(model, torch.nn.Module)
+    dense = json.loads((job / "export-dense" / "manifest.json").read_text())
+    assert [m["name"] for m in dense["models"]][:2] == ["fp32", "int8"]
+    assert dense["quantization"]["target"] == "x86" and dense["quantization"]["mixed"] is False
+    bench = json.loads((job / "benchmark.json").read_text())
+    assert bench
