@@ -180,7 +180,7 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
             raise ValueError(f"{type(self).__name__}: {static.shape[1]} static features per unit but "
                              f"STATIC_FEATURES names {len(self.STATIC_FEATURES)}")
         self.unit_spaces, self.cost, self.budget = list(unit_spaces), cost, float(budget)
-        floor = floor_ratio(cost, self.unit_spaces)
+        floor = self._floor_ratio()
         if floor > self.budget + 1e-9:
             raise ValueError(
                 f"{self.budget_kwarg}={budget} is unreachable for {self._subject()}: with every unit at "
@@ -194,6 +194,13 @@ class CompressionEnv(gym.Env[np.ndarray, np.ndarray]):
         n = self._static.shape[1] + len(self.DYNAMIC_FEATURES)
         self.observation_space = spaces.Box(0.0, 1.0, (n,), np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+
+    def _floor_ratio(self) -> float:
+        """The smallest reachable cost ratio (the budget must be at least this): every unit at
+        its cheapest value. An env whose cost is not monotone in a unit (PruneQuant's
+        precisions) overrides it with the cheapest policy its clamp can reach."""
+        assert self.cost is not None
+        return floor_ratio(self.cost, self.unit_spaces)
 
     def _subject(self) -> str:
         return type(self).__name__

@@ -22,11 +22,11 @@ from learners.onnx_names import layer_nodes
 from learners.ort_latency import fit_boundary_cost
 from pf_deploy.benchmark import read_manifest
 from pf_deploy.export import write_env_bundle
-from pf_envs.budget import floor_ratio
 from pf_envs.envs import prune_quant as pq
 
 MODEL_IDS = [i for i in pf_envs.env_ids("PruneQuant") if i != "PruneQuant-v0"]
-SMALL = dict(SMALL_ENV_KWARGS, calibration_images=64, latency_runs=20, latency_widths=3, measure_runs=3)
+SMALL = dict(SMALL_ENV_KWARGS, calibration_images=64, latency_runs=20, latency_widths=3, measure_runs=3,
+             latency_conv_grid=False)  # the per-count grid of ResNet-20 (437 shapes) is tested on a tiny model below
 R20 = "PruneQuant-ResNet20-v0"
 
 
@@ -120,7 +120,7 @@ def test_env_checkers(r20):
 @pytest.mark.parametrize("fraction", [0.0, 0.2, 0.5, 1.0])
 def test_budget_never_exceeded(fraction, r20):
     u = r20.unwrapped
-    floor = floor_ratio(u.cost, u.unit_spaces)
+    floor = u._floor_ratio()
     u.budget = floor + fraction * (1 - floor)
     try:
         rng = np.random.default_rng(0)
@@ -201,7 +201,7 @@ def test_latency_table_is_cached(r20, checkpoints):
 
 def test_bad_inputs(r20, checkpoints):
     u = r20.unwrapped
-    floor = floor_ratio(u.cost, u.unit_spaces)
+    floor = u._floor_ratio()
     with pytest.raises(ValueError, match=r"latency_budget=0.05 is unreachable .* choose latency_budget >="):
         make(R20, checkpoints, latency_budget=0.05)
     assert floor > 0.05
@@ -246,3 +246,63 @@ def test_export_needs_an_episode(checkpoints, cifar_root, tmp_path):
             env.unwrapped.export(tmp_path / "b")
     finally:
         env.close()
+
+
+# -- the channel-count grid (learners.conv_grid + LayerTerm.correction) -------------------------------
+def test_grid_subset_and_bracket():
+    assert pq.grid_subset([4, 8, 12]) == [4, 8, 12]  # few counts: all of them
+    many = list(range(208, 1025, 8))  # MobileNet's 1024-channel group on multiples of 8: two classes mod 16
+    sub = pq.grid_subset(many, limit=12)
+    assert len(sub) <= 12 and {208, 216, 1016, 1024} <= set(sub)  # both ends of both classes
+    assert {c % 16 for c in sub} == {0, 8}
+    # interpolation stays inside a remainder class: 24 (class 8) between 8 and 40, not 16 / 32
+    assert pq._bracket([8, 16, 32, 40], 24) == [(8, 0.5), (40, 0.5)]
+    assert pq._bracket([8, 16], 4) == [(8, 1.0)] and pq._bracket([8, 16], 48) == [(16, 1.0)]
+
+
+def test_conv_shape_and_grid_timing():
+    from torch import nn
+
+    from learners.conv_grid import ConvShape, conv_grid_ms, conv_of
+
+    with pytest.raises(ValueError, match="depthwise"):
+        ConvShape(3, 1, 1, True, 8, 8, 4, 8)
+    with pytest.raises(ValueError, match="grouped"):
+        conv_of(nn.Conv2d(8, 8, 3, groups=2), 8, 8)
+    dw = conv_of(nn.Conv2d(16, 16, 3, 1, 1, groups=16), 8, 8, cout=8)
+    assert (dw.cin, dw.cout, dw.depthwise) == (8, 8, True)
+    shapes = [ConvShape(3, 1, 1, False, 8, 8, 4, 8), ConvShape(3, 1, 1, False, 8, 8, 8, 8), dw]
+    times = conv_grid_ms(shapes, options={"activation_type": "uint8", "reduce_range": True}, runs=5, rounds=1)
+    assert set(times) == set(shapes) and all(a > 0 and b > 0 for a, b in times.values())
+
+
+@pytest.mark.filterwarnings("ignore::pf_envs.model_env.NearChanceWarning")  # an untrained model: latency only
+def test_conv_grid_corrects_layers_for_their_exact_counts(cifar_root):
+    """On a small user model: every convolution's count pairs are timed; the dense model's
+    latency is the table's (factor 1); another policy's layers are scaled by their isolated time
+    at their counts over the isolated time at their MAC-equivalent width."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 12, 3, stride=2, padding=1), nn.BatchNorm2d(12), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(12, 10))
+    kwargs = dict(SMALL, latency_conv_grid=True, latency_widths=2, channel_round=2, latency_budget=1.0, cache=False)
+    env = gym.make("PruneQuant-v0", model=model, **kwargs)
+    u = env.unwrapped
+    grid = u.latency_table["conv_grid"]
+    shapes = u._conv_shapes()
+    assert len(grid) == len({sh for per in shapes for sh in per}) > 10
+    second = u.cost.terms[1]
+    assert second.grid is not None and (4, 6) in second.grid  # (cin, cout) pairs of both groups' grids
+    dense = values_of(u, 1.0, lambda li: pq.FP32)
+    assert u.cost(dense) == pytest.approx(u.cost.reference)
+    assert [t.correction(1.0, 1.0, 1.0, False) for t in u.cost.terms[:2]] == [pytest.approx(1.0)] * 2
+    values = values_of(u, 1.0, lambda li: pq.INT8)
+    values[u.keep_unit[u.step_groups[0]]] = 0.25  # 2 of 8 channels: far from any uniform width's counts pair
+    x = pq.effective_width(0.25, 1.0, True, True, False)
+    plain = float(np.interp(x, second.xs, second.int8_ms))
+    ratio = second.grid[(2, 12)][1] / float(np.interp(x, second.xs, second.grid_ref[1]))
+    assert u.cost.layer_ms(values)[1] == pytest.approx(plain * ratio)
+    env.close()
