@@ -173,7 +173,8 @@ def write_bundle(
             calibration = None
     unknown_opts = set(int8_options or {}) - {"activation_type", "reduce_range", "per_channel"}
     if unknown_opts:
-        raise BundleError(f"int8_options {sorted(unknown_opts)} unknown; pass activation_type, reduce_range, per_channel")
+        raise BundleError(f"int8_options {sorted(unknown_opts)} unknown; pass activation_type, reduce_range, "
+                          "per_channel")
     _remove_stale_stages(out_dir)
     stage = out_dir.parent / f".{out_dir.name}.tmp{os.getpid()}"
     shutil.rmtree(stage, ignore_errors=True)
