@@ -57,6 +57,12 @@ COMMON_SETTINGS: dict[str, Setting] = {
     "bn_batches": Setting("int", default=20, low=0, doc="training batches used to re-estimate BatchNorm statistics"),
     "bn_batch_size": Setting("int", default=128, low=1, doc="images per BatchNorm batch"),
     "bn_augment": Setting("bool", default=True, doc="re-estimate BatchNorm statistics on augmented images"),
+    "ft_bf16": Setting("bool", default=False,
+                       doc="fine-tune under bfloat16 autocast (BatchNorm re-estimation and scoring stay fp32); "
+                           "for GPUs, see docs/gpu.md"),
+    "ft_capture": Setting("bool", default=False,
+                          doc="on CUDA, capture the fine-tuning step as a CUDA graph (ignored on the CPU; "
+                              "benchmarks/gpu.py measures whether it pays when every candidate has new shapes)"),
     "device": Setting("any", default="cpu", doc="cpu, cuda, cuda:N or auto"),
     "cache": Setting("bool", default=True, doc="keep layer statistics and the baseline accuracy on disk"),
     "render_mode": Setting("any", default=None, optional=True, doc="no rendering: None only"),
@@ -66,6 +72,17 @@ COMMON_SETTINGS: dict[str, Setting] = {
 #: the model, which enters the fingerprint through its weights).
 NOT_RECOVERY: tuple[str, ...] = ("self", "model", "checkpoint", "data_root", "device", "cache", "render_mode",
                                  "unknown")
+
+
+#: Settings left out of the recovery fingerprint at these values: how every run recorded before
+#: they existed was scored, so those runs still resume and replay.
+FINGERPRINT_DEFAULTS: dict[str, Any] = {"bn_mode": "reestimate", "ft_bf16": False, "ft_capture": False}
+
+
+def _drop_defaults(settings: dict[str, Any]) -> None:
+    for key, default in FINGERPRINT_DEFAULTS.items():
+        if key in settings and settings[key] == default:
+            del settings[key]
 
 
 #: A base model whose accuracy is at most this many times chance (1 / classes) is warned about.
@@ -112,9 +129,7 @@ class ModelCompressionEnv(CompressionEnv):
         # "__class__" was part of it since recipes were recorded (a locals() of __init__), and
         # stays, so that runs recorded before this module existed still resume.
         self._fingerprint_settings = {k: plain(v) for k, v in settings.items() if k not in NOT_RECOVERY}
-        if self._fingerprint_settings.get("bn_mode") == "reestimate":
-            # how every run recorded before bn_mode existed was scored: those runs still resume
-            del self._fingerprint_settings["bn_mode"]
+        _drop_defaults(self._fingerprint_settings)
         super().__init__(given["reward"])
         if given.get("render_mode") is not None:
             raise ValueError(f"render_mode={given['render_mode']!r}: {self.METHOD} has no rendering")
@@ -144,7 +159,8 @@ class ModelCompressionEnv(CompressionEnv):
         self.recipe = RecoveryRecipe(
             ft_iters=int(given["ft_iters"]), ft_batch_size=int(given["ft_batch_size"]), ft_lr=self.ft_lr,
             bn_batch_size=int(given["bn_batch_size"]), bn_augment=bool(given["bn_augment"]), bn_seed=BN_SEED,
-            bn_mode=str(given.get("bn_mode", "reestimate")),
+            bn_mode=str(given.get("bn_mode", "reestimate")), ft_bf16=bool(given.get("ft_bf16", False)),
+            ft_capture=bool(given.get("ft_capture", False)),
         )
         # the recipe's settings as attributes too (read by benchmarks and users)
         self.ft_iters, self.ft_batch_size = self.recipe.ft_iters, self.recipe.ft_batch_size
@@ -188,8 +204,7 @@ class ModelCompressionEnv(CompressionEnv):
         Settings resolved from others (``ft_lr``, ``channel_round``, ...) keep this env's values."""
         changed = dict(self._fingerprint_settings)
         changed.update({k: plain(v) for k, v in settings.items() if k not in NOT_RECOVERY})
-        if changed.get("bn_mode") == "reestimate":
-            del changed["bn_mode"]
+        _drop_defaults(changed)
         return self._recovery_key(changed)
 
     # -- checks --------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ _NO_RECOVERY = {"ft_iters": 0, "ft_batch_size": 1, "ft_lr": None, "bn_batches": 
                 "bn_augment": False}
 
 SETTINGS: dict[str, Setting] = {
-    **COMMON_SETTINGS,
+    **{k: v for k, v in COMMON_SETTINGS.items() if k not in ("ft_bf16", "ft_capture")},  # no fine-tuning here
     "ft_iters": Setting("int", default=0, low=0, high=0, doc="no fine-tuning (post-training quantization): 0 only"),
     "latency_budget": Setting("float", default=0.8, low=0, high=1, low_open=True,
                               doc="fraction of the fp32 model's latency (latency table) the candidate may take"),
