@@ -147,3 +147,22 @@ def test_empty_batchnorm_data_leaves_the_statistics():
     empty = _split(64, 2).subset(0)
     recover(model, recipe=RecoveryRecipe(ft_iters=0), train_data=empty, bn_data=empty, eval_data=_split(32, 3))
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_ft_bf16_and_ft_capture_are_env_kwargs_left_out_of_the_fingerprint_at_their_defaults(cifar_root):
+    """Issue 22: the GPU recovery settings are kwargs of every fine-tuning env; at their
+    defaults the recovery fingerprint is the one recorded runs hold (the golden test pins it),
+    bf16 changes it (it changes the arithmetic), and QuantORT (no fine-tuning) refuses them."""
+    import gymnasium as gym
+    from conftest import SMALL_ENV_KWARGS
+
+    import pf_envs  # noqa: F401
+
+    base = gym.make("ChannelPrune-ResNet20-v0", **SMALL_ENV_KWARGS).unwrapped
+    same = gym.make("ChannelPrune-ResNet20-v0", **SMALL_ENV_KWARGS, ft_bf16=False, ft_capture=False).unwrapped
+    bf16 = gym.make("ChannelPrune-ResNet20-v0", **SMALL_ENV_KWARGS, ft_bf16=True).unwrapped
+    assert base.recipe.ft_bf16 is False and bf16.recipe.ft_bf16 is True
+    assert same.recovery_fingerprint == base.recovery_fingerprint != bf16.recovery_fingerprint
+    assert base.recovery_fingerprint_with({"ft_bf16": True}) == bf16.recovery_fingerprint
+    with pytest.raises(TypeError, match="unknown keyword"):
+        gym.make("QuantORT-ResNet20-v0", ft_capture=True)
