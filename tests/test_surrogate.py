@@ -94,7 +94,7 @@ def test_episode_reward_info_and_budget(env, data):
 def test_deterministic_and_fitted_once(data):
     a = SurrogateChannelPruneEnv(data, flops_budget=0.5)
     b = SurrogateChannelPruneEnv(data, flops_budget=0.6)
-    assert a.regressor is b.regressor is fitted_regressor(data, "gp", 0)
+    assert a.regressor is b.regressor is fitted_regressor(data, "gp_warped", 0)  # the default family
     ra, _ = a.play_policy(b.play_policy([0.5] * 12, dry_run=True)[1]["policy"])
     assert ra == a.play_policy([0.5] * 12)[0]
 
@@ -165,6 +165,10 @@ def test_holdout_scores(data):
     lo, hi = score.top_decile_ci
     assert score.top_decile >= 3 and -1 <= lo <= score.top_decile_spearman <= hi <= 1
     assert score.median_ae_points <= 2 * score.mae_points and "|" in score.row()
+    (half,) = holdout_scores(data, ["gp"], test_frac=0.25, train_frac=0.5)  # a learning curve's point
+    assert half.test == score.test and half.train == round(score.train / 2)
+    with pytest.raises(ValueError, match="train_frac"):
+        holdout_scores(data, ["gp"], train_frac=0)
 
 
 def test_bootstrap_spearman_ci():
