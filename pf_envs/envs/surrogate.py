@@ -1,5 +1,5 @@
 """Surrogate envs: the real env's episode (spaces, observation, budget clamp, info keys) with the
-reward from a regressor fitted on real episodes: no images, no training, 1-2 ms of CPU an
+reward from a regressor fitted on real episodes: no images, no training, 2-4 ms of CPU an
 episode (``docs/surrogate.md``).
 
 >>> import gymnasium as gym, pf_envs
