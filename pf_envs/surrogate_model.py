@@ -9,11 +9,15 @@ as ``surrogate_std``):
 - ``gb``: scikit-learn's ``GradientBoostingRegressor`` (row subsampling);
 - ``mlp``: scikit-learn's ``MLPRegressor`` (two hidden layers), predicted in numpy;
 - ``gp``: scikit-learn's ``GaussianProcessRegressor`` (Matern 5/2 with one length scale per
-  feature, plus white noise); one model, its posterior standard deviation is the uncertainty.
+  feature, plus white noise); one model, its posterior standard deviation is the uncertainty;
+- ``gp_warped``: the same GP on warped keep ratios and cost ratio (Box-Cox, exponent -0.5),
+  fitting the logit of accuracy, hyperparameters searched on a subset (the surrogate envs'
+  default).
 
 Features: each unit's value scaled to [0, 1] by its range in the training data, and the
-policy's cost ratio. Target: accuracy (the surrogate env computes its reward from it with the
-env's reward function, as the real env does).
+policy's cost ratio (``warp``: both through a Box-Cox transform first). Target: accuracy, or
+its logit (``target``); the surrogate env computes its reward from the predicted accuracy with
+the env's reward function, as the real env does.
 
 :func:`holdout_scores` measures a family on held-out episodes (Spearman, mean absolute error in
 points, Spearman within the top decile and within cost-ratio bins).
@@ -35,17 +39,32 @@ FAMILIES: dict[str, type[SurrogateRegressor]] = {}
 
 
 class SurrogateRegressor:
-    """An ensemble regressor: :meth:`fit` on ``(x, y)``, :meth:`predict` gives (mean, std)."""
+    """An ensemble regressor: :meth:`fit` on ``(x, y)``, :meth:`predict` gives (mean, std).
+
+    Every family also takes the settings of :data:`COMMON_DEFAULTS`: ``warp`` (None: each
+    unit's value as it is, and the cost ratio as it is; a number ``lam``: each value and the
+    cost ratio through the Box-Cox transform ``(v ** lam - 1) / lam``, ``0`` being ``log v``,
+    so that the steep end of low keep ratios is spread out) and ``target`` (``accuracy``, or
+    ``logit``: the regressor fits ``log(a / (1 - a))`` and its prediction is mapped back, its
+    standard deviation by the derivative ``a (1 - a)``)."""
 
     name: ClassVar[str] = ""
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: Settings every family takes (a family's ``DEFAULTS`` may override them).
+    COMMON_DEFAULTS: ClassVar[dict[str, Any]] = {"warp": None, "target": "accuracy"}
+    TARGETS: ClassVar[tuple[str, ...]] = ("accuracy", "logit")
 
     def __init__(self, seed: int = 0, **settings: Any) -> None:
-        unknown = sorted(set(settings) - set(self.DEFAULTS))
+        valid = {**self.COMMON_DEFAULTS, **self.DEFAULTS}
+        unknown = sorted(set(settings) - set(valid))
         if unknown:
-            raise TypeError(f"surrogate {self.name!r} got unknown setting(s) {unknown}; valid: {sorted(self.DEFAULTS)}")
+            raise TypeError(f"surrogate {self.name!r} got unknown setting(s) {unknown}; valid: {sorted(valid)}")
         self.seed = int(seed)
-        self.settings = {**self.DEFAULTS, **settings}
+        self.settings = {**valid, **settings}
+        if self.settings["target"] not in self.TARGETS:
+            raise ValueError(f"surrogate target {self.settings['target']!r} is not one of {self.TARGETS}")
+        if self.settings["warp"] is not None and not isinstance(self.settings["warp"], (int, float)):
+            raise ValueError(f"surrogate warp {self.settings['warp']!r} must be None or a Box-Cox exponent (0: log)")
         self.lo: np.ndarray | None = None
         self.span: np.ndarray | None = None
 
@@ -54,25 +73,52 @@ class SurrogateRegressor:
         if cls.name:
             FAMILIES[cls.name] = cls
 
-    # features -----------------------------------------------------------------------------------
+    # features and target -----------------------------------------------------------------------
+    def raw_features(self, values: np.ndarray, cost_ratio: np.ndarray) -> np.ndarray:
+        """``(n, units + 1)`` before scaling: the values then the cost ratio, warped (``warp``)."""
+        v = np.atleast_2d(np.asarray(values, np.float64))
+        x = np.concatenate([v, np.asarray(cost_ratio, np.float64).reshape(-1, 1)], 1)
+        lam = self.settings["warp"]
+        if lam is None:
+            return x
+        x = np.maximum(x, 1e-6)
+        return np.log(x) if lam == 0 else (x ** float(lam) - 1.0) / float(lam)
+
     def features(self, values: np.ndarray, cost_ratio: np.ndarray) -> np.ndarray:
-        """``(n, units + 1)``: values scaled by the training ranges, then the cost ratio."""
+        """``(n, units + 1)``: :meth:`raw_features` scaled by their training ranges (the cost
+        ratio unscaled when it is not warped)."""
         assert self.lo is not None and self.span is not None
-        v = (np.atleast_2d(np.asarray(values, np.float64)) - self.lo) / self.span
-        return np.concatenate([v, np.asarray(cost_ratio, np.float64).reshape(-1, 1)], 1)
+        return (self.raw_features(values, cost_ratio) - self.lo) / self.span
+
+    def to_target(self, accuracy: np.ndarray) -> np.ndarray:
+        """What the regressor fits for ``accuracy`` (``target``)."""
+        a = np.asarray(accuracy, np.float64)
+        if self.settings["target"] == "logit":
+            a = np.clip(a, 1e-3, 1 - 1e-3)
+            return np.log(a / (1 - a))
+        return a
+
+    def from_target(self, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Accuracy and its standard deviation from the regressor's prediction of the target."""
+        if self.settings["target"] == "logit":
+            p = 1.0 / (1.0 + np.exp(-mean))
+            return p, std * p * (1 - p)
+        return mean, std
 
     def fit(self, values: np.ndarray, cost_ratio: np.ndarray, accuracy: np.ndarray) -> SurrogateRegressor:
-        values = np.asarray(values, np.float64)
-        self.lo = values.min(0)
-        hi = values.max(0)
+        raw = self.raw_features(values, cost_ratio)
+        self.lo = raw.min(0)
+        hi = raw.max(0)
         self.span = np.where(hi > self.lo, hi - self.lo, 1.0)
-        self._fit(self.features(values, cost_ratio), np.asarray(accuracy, np.float64))
+        if self.settings["warp"] is None:  # the cost ratio as it is (a ratio in [0, 1] already)
+            self.lo[-1], self.span[-1] = 0.0, 1.0
+        self._fit(self.features(values, cost_ratio), self.to_target(accuracy))
         return self
 
     def predict(self, values: np.ndarray, cost_ratio: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """Predicted accuracy and its uncertainty (standard deviation) per policy."""
         x = self.features(values, np.atleast_1d(cost_ratio))
-        return self._predict(x)
+        return self.from_target(*self._predict(x))
 
     def _bootstrap(self, n: int, k: int) -> np.ndarray:
         return np.random.default_rng([self.seed, k]).integers(0, n, n)
@@ -199,10 +245,16 @@ class MLPSurrogate(SurrogateRegressor):
 
 class GPSurrogate(SurrogateRegressor):
     """``GaussianProcessRegressor``: constant x Matern(5/2, ARD) + white noise, targets
-    normalised; at most ``max_points`` training episodes (a random subset), its cost being cubic."""
+    normalised; at most ``max_points`` training episodes (a random subset), its cost being cubic.
+
+    ``hyper_points``: the kernel's hyperparameters are fitted (marginal likelihood, L-BFGS,
+    ``restarts`` extra random starts) on a random subset of at most that many episodes, then the
+    GP is conditioned on all (at most ``max_points``) with them fixed: one evaluation of the
+    likelihood costs about 1 s of CPU at 1,000 episodes and 8 s at 2,400, a search ~100 of them,
+    while conditioning is one Cholesky factorisation (0.7 s at 2,400). None: on all of them."""
 
     name = "gp"
-    DEFAULTS: ClassVar[dict[str, Any]] = {"max_points": 1500, "restarts": 1}
+    DEFAULTS: ClassVar[dict[str, Any]] = {"max_points": 1500, "restarts": 1, "hyper_points": None}
     #: Kernel hyperparameters (log) to fit with instead of optimising them (a cached fit).
     fixed_theta: np.ndarray | None = None
 
@@ -219,33 +271,63 @@ class GPSurrogate(SurrogateRegressor):
         self.fixed_theta = state["theta"].numpy()
         return self.fit(data.values, data.cost_ratio, target_of(data))  # type: ignore[return-value]
 
+    @property
+    def noise_std(self) -> float:
+        """The fitted white-noise standard deviation, in the target's units (what the kernel
+        leaves unexplained: the data's roughness plus the misfit at its length scales)."""
+        k = self.model.kernel_
+        return float(np.sqrt(k.k2.noise_level) * np.ravel(self.model._y_train_std)[0])
+
     def _fit(self, x: np.ndarray, y: np.ndarray) -> None:
+        import warnings
+
+        from sklearn.exceptions import ConvergenceWarning
         from sklearn.gaussian_process import GaussianProcessRegressor
         from sklearn.gaussian_process.kernels import ConstantKernel, Matern, WhiteKernel
 
         n = int(self.settings["max_points"])
+        rng = np.random.default_rng(self.seed)
         if len(y) > n:
-            idx = np.random.default_rng(self.seed).choice(len(y), n, replace=False)
+            idx = rng.choice(len(y), n, replace=False)
             x, y = x[idx], y[idx]
         kernel = ConstantKernel(1.0) * Matern(length_scale=np.ones(x.shape[1]), length_scale_bounds=(1e-2, 1e3),
                                               nu=2.5) + WhiteKernel(1e-2, (1e-6, 1.0))
-        if self.fixed_theta is not None:
-            kernel = kernel.clone_with_theta(self.fixed_theta)
-        self.model = GaussianProcessRegressor(kernel=kernel, normalize_y=True,
-                                              n_restarts_optimizer=int(self.settings["restarts"]),
-                                              optimizer=None if self.fixed_theta is not None else "fmin_l_bfgs_b",
-                                              random_state=self.seed)
-        import warnings
-
-        from sklearn.exceptions import ConvergenceWarning
-
+        theta = self.fixed_theta
+        h = self.settings["hyper_points"]
         with warnings.catch_warnings():  # hyperparameters at their bounds: reported as warnings, harmless here
             warnings.simplefilter("ignore", ConvergenceWarning)
+            if theta is None and h is not None and len(y) > int(h):
+                sub = rng.choice(len(y), int(h), replace=False)
+                search = GaussianProcessRegressor(kernel=kernel, normalize_y=True,
+                                                  n_restarts_optimizer=int(self.settings["restarts"]),
+                                                  random_state=self.seed).fit(x[sub], y[sub])
+                theta = search.kernel_.theta
+            if theta is not None:
+                kernel = kernel.clone_with_theta(theta)
+            self.model = GaussianProcessRegressor(kernel=kernel, normalize_y=True,
+                                                  n_restarts_optimizer=int(self.settings["restarts"]),
+                                                  optimizer=None if theta is not None else "fmin_l_bfgs_b",
+                                                  random_state=self.seed)
             self.model.fit(x, y)
 
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mean, std = self.model.predict(x, return_std=True)
         return mean, std
+
+
+class WarpedGPSurrogate(GPSurrogate):
+    """:class:`GPSurrogate` on warped keep ratios and cost ratio (Box-Cox ``warp=-0.5``:
+    ``2 (1 - v ** -0.5)``, between ``log v`` and ``1 - 1 / v``), fitting the logit of accuracy
+    (``target="logit"``): the accuracy falls steeply as a group's keep ratio nears its minimum
+    and flattens near 1, which a stationary kernel on the raw values must fit with one length
+    scale for both (docs/surrogate.md, "Surrogates and their fidelity").
+    Hyperparameters on at most ``hyper_points`` episodes (90 s of CPU), conditioned on up to
+    ``max_points`` (2,400: 3.6 ms of CPU an episode of the surrogate env; the posterior
+    standard deviation costs ``O(max_points ** 2)`` a prediction)."""
+
+    name = "gp_warped"
+    DEFAULTS: ClassVar[dict[str, Any]] = {"max_points": 2400, "restarts": 1, "hyper_points": 1000, "warp": -0.5,
+                                          "target": "logit"}
 
 
 def make_regressor(family: str, seed: int = 0, **settings: Any) -> SurrogateRegressor:
@@ -308,20 +390,46 @@ class HoldoutScore:
     mean_std_points: float
     fit_s: float
     predict_ms: float
+    top_decile: int = 0
+    top_decile_ci: tuple[float, float] = (float("nan"), float("nan"))
+    median_ae_points: float = float("nan")
 
     def row(self) -> str:
+        lo, hi = self.top_decile_ci
         return (f"| {self.family} | {self.train} | {self.test} | {self.spearman:.3f} | {self.mae_points:.2f} | "
-                f"{self.top_decile_spearman:.3f} | {self.within_budget_spearman:.3f} | {self.mean_std_points:.2f} | "
-                f"{self.fit_s:.1f} | {self.predict_ms:.2f} |")
+                f"{self.median_ae_points:.2f} | {self.top_decile_spearman:.3f} [{lo:.2f}, {hi:.2f}] "
+                f"({self.top_decile}) | "
+                f"{self.within_budget_spearman:.3f} | {self.mean_std_points:.2f} | {self.fit_s:.1f} | "
+                f"{self.predict_ms:.2f} |")
 
 
-HEADER = ("| surrogate | train | test | Spearman | MAE (points) | top-decile Spearman | within-budget Spearman | "
-          "mean std (points) | fit s | predict ms (1 row) |\n|---|---|---|---|---|---|---|---|---|---|")
+HEADER = ("| surrogate | train | test | Spearman | MAE (points) | median AE | top-decile Spearman [95% CI] (n) | "
+          "within-budget Spearman | mean std (points) | fit s | predict ms (1 row) |\n"
+          "|---|---|---|---|---|---|---|---|---|---|---|")
+
+
+def bootstrap_spearman_ci(a: np.ndarray, b: np.ndarray, resamples: int = 2000, seed: int = 0
+                          ) -> tuple[float, float]:
+    """A percentile bootstrap 95% interval of the Spearman correlation of paired ``a``, ``b``
+    (resamples whose ranks are all tied are left out)."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(seed)
+    n = len(a)
+    if n < 3:
+        return float("nan"), float("nan")
+    idx = rng.integers(0, n, (resamples, n))
+    ra, rb = np.apply_along_axis(rankdata, 1, a[idx]), np.apply_along_axis(rankdata, 1, b[idx])
+    ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
+    den = np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
+    ok = den > 0
+    r = (ra * rb).sum(1)[ok] / den[ok]
+    return float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))
 
 
 def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "mlp", "gp"), *, test_frac: float = 0.2,
                    seed: int = 0, by: str = "episode", bin_width: float = 0.1,
-                   settings: dict[str, dict[str, Any]] | None = None) -> list[HoldoutScore]:
+                   settings: dict[str, dict[str, Any]] | None = None, train_frac: float = 1.0) -> list[HoldoutScore]:
     """Fit each family on the training part of ``data`` and score it on the held-out part.
 
     ``top_decile_spearman``: Spearman among the held-out episodes whose real accuracy is in the
@@ -329,8 +437,15 @@ def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "m
     ``bin_width`` holding at least 10 held-out episodes (what a search at one budget sees).
     ``families`` may hold labelled variants ``label=family`` whose settings are
     ``settings[label]`` (e.g. ``hgb_mono=hgb`` with ``{"hgb_mono": {"monotone": True}}``).
+    ``train_frac`` < 1: fit on a random fraction of the training part only (the same test part:
+    a learning curve).
     """
     tr, te = split_indices(data, test_frac, seed, by)
+    if not 0 < train_frac <= 1:
+        raise ValueError(f"train_frac must be in (0, 1], got {train_frac}")
+    if train_frac < 1:
+        tr = np.sort(np.random.default_rng([seed, 1]).choice(tr, max(2, int(round(train_frac * len(tr)))),
+                                                             replace=False))
     train, test = data.subset(tr), data.subset(te)
     y = target_of(test)
     out = []
@@ -352,9 +467,11 @@ def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "m
         out.append(HoldoutScore(
             family, len(tr), len(te), spearman(y, mean), float(100 * np.abs(y - mean).mean()),
             spearman(y[top], mean[top]), float(np.mean(within)) if within else float("nan"),
-            float(100 * std.mean()), fit_s, predict_ms))
+            float(100 * std.mean()), fit_s, predict_ms, top_decile=int(top.sum()),
+            top_decile_ci=bootstrap_spearman_ci(y[top], mean[top], seed=seed),
+            median_ae_points=float(100 * np.median(np.abs(y - mean)))))
     return out
 
 
-__all__ = ["FAMILIES", "HEADER", "HoldoutScore", "SurrogateRegressor", "fit_on", "holdout_scores", "make_regressor",
-           "split_indices"]
+__all__ = ["FAMILIES", "HEADER", "HoldoutScore", "SurrogateRegressor", "bootstrap_spearman_ci", "fit_on",
+           "holdout_scores", "make_regressor", "split_indices"]

@@ -10,7 +10,7 @@ import pf_envs  # noqa: F401  (registers the ids)
 from pf_agents.episodes import env_settings
 from pf_envs.envs.surrogate import SurrogateChannelPruneEnv, fitted_regressor
 from pf_envs.episode_data import DATASETS, EpisodeData, export_npz, load_episodes
-from pf_envs.surrogate_model import FAMILIES, holdout_scores, make_regressor
+from pf_envs.surrogate_model import FAMILIES, bootstrap_spearman_ci, holdout_scores, make_regressor
 
 REAL_ID = "ChannelPrune-ResNet20-v0"
 SURROGATE_ID = "Surrogate-ChannelPrune-ResNet20-v0"
@@ -94,7 +94,7 @@ def test_episode_reward_info_and_budget(env, data):
 def test_deterministic_and_fitted_once(data):
     a = SurrogateChannelPruneEnv(data, flops_budget=0.5)
     b = SurrogateChannelPruneEnv(data, flops_budget=0.6)
-    assert a.regressor is b.regressor is fitted_regressor(data, "gp", 0)
+    assert a.regressor is b.regressor is fitted_regressor(data, "gp_warped", 0)  # the default family
     ra, _ = a.play_policy(b.play_policy([0.5] * 12, dry_run=True)[1]["policy"])
     assert ra == a.play_policy([0.5] * 12)[0]
 
@@ -149,7 +149,7 @@ def test_shipped_dataset_sha256_is_checked(tmp_path, monkeypatch, data):
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_regressor_families_fit_and_rank(family, data):
     small = {"hgb": {"members": 2, "max_iter": 50}, "gb": {"members": 2, "n_estimators": 50},
-             "mlp": {"members": 2}, "gp": {}}[family]
+             "mlp": {"members": 2}}.get(family, {})
     tr, te = np.arange(0, 90), np.arange(90, len(data))
     model = make_regressor(family, 0, **small).fit(data.values[tr], data.cost_ratio[tr], data.accuracy[tr])
     mean, std = model.predict(data.values[te], data.cost_ratio[te])
@@ -162,6 +162,92 @@ def test_regressor_families_fit_and_rank(family, data):
 def test_holdout_scores(data):
     (score,) = holdout_scores(data, ["gp"], test_frac=0.25)
     assert score.train + score.test == len(data) and score.spearman > 0.8 and score.mae_points < 3
+    lo, hi = score.top_decile_ci
+    assert score.top_decile >= 3 and -1 <= lo <= score.top_decile_spearman <= hi <= 1
+    assert score.median_ae_points <= 2 * score.mae_points and "|" in score.row()
+    (half,) = holdout_scores(data, ["gp"], test_frac=0.25, train_frac=0.5)  # a learning curve's point
+    assert half.test == score.test and half.train == round(score.train / 2)
+    with pytest.raises(ValueError, match="train_frac"):
+        holdout_scores(data, ["gp"], train_frac=0)
+
+
+def test_bootstrap_spearman_ci():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    lo, hi = bootstrap_spearman_ci(a, a + 0.3 * rng.normal(size=200))
+    assert 0.85 < lo < hi < 1.0
+    lo, hi = bootstrap_spearman_ci(a[:10], rng.normal(size=10))  # ten unrelated pairs: a wide interval
+    assert lo < 0 < hi and hi - lo > 0.8
+
+
+def test_warp_and_logit_target(data):
+    """warp: Box-Cox of the values and the cost ratio before scaling (0: log); target=logit: the
+    regressor fits the logit, predictions come back as accuracies with the derivative's std."""
+    v, c, y = data.values, data.cost_ratio, data.accuracy
+    plain = make_regressor("gp", 0).fit(v, c, y)
+    assert plain.features(v, c)[:, -1] == pytest.approx(c)  # unwarped: the cost ratio as it is
+    logged = make_regressor("gp", 0, warp=0.0, target="logit").fit(v, c, y)
+    x = logged.features(v, c)
+    assert x.min() == pytest.approx(0) and x.max() == pytest.approx(1)
+    np.testing.assert_allclose(x[:, -1], (np.log(c) - np.log(c).min()) / np.ptp(np.log(c)))
+    z = logged.to_target(y)
+    assert z == pytest.approx(np.log(y / (1 - y)))
+    p, s = logged.from_target(z, np.ones_like(z))
+    assert p == pytest.approx(y) and s == pytest.approx(y * (1 - y))
+    warped = make_regressor("gp", 0, warp=-0.5)
+    assert warped.raw_features(np.full((1, 12), 0.25), [0.25])[0] == pytest.approx(-2.0)  # 2 (1 - 0.25 ** -0.5)
+    mean, std = logged.predict(v[:5], c[:5])
+    assert ((0 < mean) & (mean < 1)).all() and (std > 0).all() and np.abs(mean - y[:5]).max() < 0.02
+    with pytest.raises(ValueError, match="target"):
+        make_regressor("gp", 0, target="probit")
+    with pytest.raises(ValueError, match="warp"):
+        make_regressor("gp", 0, warp="log")
+    with pytest.raises(TypeError, match="unknown setting"):
+        make_regressor("gp", 0, kernel="rbf")
+
+
+def test_gp_hyperparameters_on_a_subset(data):
+    """hyper_points: the kernel is searched on a subset, the GP conditioned on every episode;
+    the cached hyperparameters refit to the same predictions (what the env's disk cache does)."""
+    from pf_envs.surrogate_model import GPSurrogate
+
+    v, c, y = data.values, data.cost_ratio, data.accuracy
+    model = make_regressor("gp_warped", 0, hyper_points=40).fit(v, c, y)
+    assert model.model.X_train_.shape[0] == len(data) and model.model.optimizer is None
+    again = GPSurrogate(0, **model.settings).fit(v, c, y)
+    np.testing.assert_allclose(again.predict(v, c)[0], model.predict(v, c)[0])  # the subset is a function of the seed
+    cached = type(model)(0, hyper_points=40)
+    cached.fixed_theta = model.state()["theta"].numpy()
+    cached.fit(v, c, y)
+    np.testing.assert_allclose(cached.predict(v, c)[0], model.predict(v, c)[0])
+    assert 0 < model.noise_std < 0.5  # in logit units: the synthetic noise is small
+
+
+def test_disk_cache_key_has_the_settings(data, monkeypatch, tmp_path):
+    """The on-disk fit is keyed by every resolved setting: another warp is another fit."""
+    import pf_envs.envs.surrogate as sg
+    from pf_envs.surrogate_model import WarpedGPSurrogate
+
+    monkeypatch.setenv("PF_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(sg, "_FITTED", {})
+    first = fitted_regressor(data, "gp_warped", 0)
+    monkeypatch.setattr(sg, "_FITTED", {})
+    monkeypatch.setitem(WarpedGPSurrogate.DEFAULTS, "warp", 0.0)
+    second = fitted_regressor(data, "gp_warped", 0)
+    assert first.settings["warp"] == -0.5 and second.settings["warp"] == 0.0
+    assert len(list((tmp_path / "surrogates").glob("surrogate-gp_warped-*"))) == 2
+    assert not np.allclose(first.features(data.values[:3], data.cost_ratio[:3]),
+                           second.features(data.values[:3], data.cost_ratio[:3]))
+
+
+def test_default_family_is_the_warped_gp(env, data):
+    from pf_envs.envs.surrogate import DEFAULT_FAMILY
+
+    assert DEFAULT_FAMILY == "gp_warped"
+    default = SurrogateChannelPruneEnv(data, flops_budget=0.3)
+    assert default.family == "gp_warped" and default.recovery_fingerprint != env.recovery_fingerprint
+    _, info = default.play_policy(env.play_policy([0.5] * 12, dry_run=True)[1]["policy"])
+    assert info["surrogate"] == "gp_warped" and info["surrogate_std"] > 0
 
 
 def _real_env_available() -> bool:

@@ -1,5 +1,5 @@
 """Surrogate envs: the real env's episode (spaces, observation, budget clamp, info keys) with the
-reward from a regressor fitted on real episodes: no images, no training, 1-2 ms of CPU an
+reward from a regressor fitted on real episodes: no images, no training, 2-4 ms of CPU an
 episode (``docs/surrogate.md``).
 
 >>> import gymnasium as gym, pf_envs
@@ -46,15 +46,19 @@ from pf_envs.surrogate_model import FAMILIES, SurrogateRegressor, fit_on
 
 #: Bumped when a surrogate env's reward recipe changes (part of its recovery fingerprint).
 SURROGATE_VERSION = 1
-#: The default regressor family (chosen by held-out error and prediction cost: docs/surrogate.md).
-DEFAULT_FAMILY = "gp"
+#: The default regressor family (chosen by held-out error on both splits and prediction cost:
+#: docs/surrogate.md, "Surrogates and their fidelity").
+DEFAULT_FAMILY = "gp_warped"
 #: Input size of each dataset's images (what the cost table is counted at).
 INPUT_SIZES: dict[str, int] = {"cifar10": 32, "imagenet": 224}
 #: Slack on the dataset's budget range (budgets are drawn per block, rounded to 4 decimals).
 BUDGET_SLACK = 1e-3
 
-#: Families whose fit is kept on disk (the MLP's weights; the GP's kernel hyperparameters).
-CACHED_FAMILIES = ("mlp", "gp")
+#: Bumped when a family's fitting recipe changes without a change of its settings (part of the
+#: on-disk fit's key only: a stale fit is never reused).
+FIT_VERSION = 2
+#: Families whose fit is kept on disk (the MLP's weights; the GPs' kernel hyperparameters).
+CACHED_FAMILIES = ("mlp", "gp", "gp_warped")
 
 _FITTED: dict[tuple[str, str, int], SurrogateRegressor] = {}
 
@@ -70,8 +74,10 @@ def fitted_regressor(data: EpisodeData, family: str, seed: int = 0) -> Surrogate
             from pf_envs.cache import cached
 
             cls = FAMILIES[family]
-            disk = cache_key(f"surrogate-{family}", data=data.sha256, seed=int(seed), settings=cls.DEFAULTS,
-                             sklearn=sklearn.__version__, version=SURROGATE_VERSION)
+            # every resolved setting (the common ones too: warp, target), so a changed family never reuses a fit
+            settings = cls(seed).settings
+            disk = cache_key(f"surrogate-{family}", data=data.sha256, seed=int(seed), settings=settings,
+                             sklearn=sklearn.__version__, version=SURROGATE_VERSION, fit=FIT_VERSION)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 state = cached(disk, lambda: fit_on(data, family, seed).state(), subdir="surrogates")  # type: ignore[attr-defined]
