@@ -509,3 +509,14 @@ def test_ddpg_updates_per_episode(env_kwargs, tmp_path):
     state = json.loads((result.run_dir / "agent_state.json").read_text())
     assert state["n_updates"] == 2 * 5  # trained after episodes 2 and 3
     assert state["episodes_trained"] == 3
+
+
+def test_gp_optimize_restarts_is_gpyopt_s_setting(env_kwargs, tmp_path):
+    """GPyOpt's default (5 restarts) is the agent's; 1 is the cheaper refit (another search)."""
+    from baselines.gp import GPAgent
+
+    assert GPAgent.DEFAULTS["optimize_restarts"] == 5
+    result = search(ENV_ID, agent="gp", episodes=4, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+                    agent_kwargs={"initial_points": 2, "optimize_restarts": 1}, progress=False)
+    assert len(result.history) == 4
+    assert json.loads((result.run_dir / "config.json").read_text())["agent_kwargs"]["optimize_restarts"] == 1
