@@ -42,10 +42,15 @@ VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
     "actor_lr1e-3": ({"actor_lr": 1e-3}, "PocketFlow's actor learning rate"),
     "critic_lr1e-4": ({"critic_lr": 1e-4}, "a slower critic"),
     "batch128": ({"batch_size": 128}, "twice the batch"),
-    "no_baseline": ({"reward_baseline": "none"}, "raw rewards, no moving-average baseline"),
+    "no_baseline": ({"reward_baseline": "raw"}, "raw rewards, no moving-average baseline"),
 }
 DEFAULT_VARIANTS = ("default", "warmup100", "noise_decay0.95", "noise_sigma0.5", "actor_lr1e-3", "batch128",
                     "no_baseline")
+
+
+def spell(kwargs: dict[str, Any]) -> str:
+    """Settings as ``--agent-kwargs`` spells them (``pf_agents.cli.parse_kwargs`` reads them back)."""
+    return ",".join(f"{k}={v if isinstance(v, str) else json.dumps(v).replace(' ', '')}" for k, v in kwargs.items())
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -131,10 +136,6 @@ def main(argv: list[str] | None = None) -> int:
         args.out = str(Path(tmp.name) / "diagnosis.json") if args.out == p.get_default("out") else args.out
     if "default" not in chosen:
         chosen = {"default": {}, **chosen}  # every variant is compared with it
-
-    def spell(kwargs: dict[str, Any]) -> str:
-        return ",".join(f"{k}={json.dumps(v).replace(' ', '') if not isinstance(v, str) else v}"
-                        for k, v in kwargs.items())
 
     league_argv = ["--env", args.env, "--budgets", *map(str, args.budgets), "--seeds", str(args.seeds),
                    "--episodes", str(args.episodes), "--workers", str(args.workers), "--logdir", args.logdir,

@@ -74,7 +74,7 @@ class AMCDDPG(DDPG):
         noise_decay: sigma multiplier per episode after warm-up (AMC: 0.95).
         baseline_decay: EMA factor of the reward baseline (PocketFlow: 0.95).
         reward_baseline: ``"ema"`` (AMC, PocketFlow): the moving average of the episodes'
-            rewards is subtracted from every sampled reward; ``"none"``: the raw reward.
+            rewards is subtracted from every sampled reward; ``"raw"``: the raw reward.
         actor_lr / critic_lr: learning rates (AMC: 1e-4 / 1e-3).
     """
 
@@ -467,7 +467,7 @@ class DDPGAgent(SB3Agent):
     initial sigma of the truncated-normal exploration in action units and ``noise_decay``
     (0-1] its factor per episode after the warm-up; ``actor_lr`` / ``critic_lr`` (> 0);
     ``batch_size`` (>= 1); ``reward_baseline`` ``"ema"`` (AMC's moving-average baseline
-    subtracted from the rewards the critic learns from) or ``"none"`` (the raw rewards) and
+    subtracted from the rewards the critic learns from) or ``"raw"`` (the raw rewards) and
     ``baseline_decay`` [0-1) the moving average's factor; ``net_arch`` the hidden sizes of actor
     and critic; ``gamma`` [0-1], ``tau`` (0-1], ``buffer_size`` (>= 1), ``gradient_steps``
     (-1 or >= 1), ``device``."""
@@ -480,7 +480,7 @@ class DDPGAgent(SB3Agent):
         "gradient_steps": -1, "device": "cpu",
     }
     #: the values ``reward_baseline`` takes
-    BASELINES: ClassVar[tuple[str, ...]] = ("ema", "none")
+    BASELINES: ClassVar[tuple[str, ...]] = ("ema", "raw")
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

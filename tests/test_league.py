@@ -95,3 +95,15 @@ def test_ddpg_diagnosis_refuses_unknown_variants(capsys):
         ddpg_diagnosis.main(["--variant", "noise_sigma=0.5"])
     assert "--variant takes LABEL:K=V" in capsys.readouterr().err
     assert ddpg_diagnosis.welch([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == (0.0, pytest.approx(2.26, abs=0.01))
+
+
+def test_every_named_ddpg_variant_is_a_valid_setting_as_the_league_spells_it():
+    import ddpg_diagnosis
+
+    from pf_agents.cli import parse_kwargs
+    from pf_agents.ddpg import DDPGAgent
+
+    for name, (kwargs, _) in ddpg_diagnosis.VARIANTS.items():
+        back = parse_kwargs(ddpg_diagnosis.spell(kwargs))
+        assert back == kwargs, name
+        DDPGAgent.check_settings({**DDPGAgent.DEFAULTS, **back})

@@ -356,7 +356,7 @@ def test_a_run_recorded_before_a_setting_existed_resumes(tmp_path):
     assert len(_search(tmp_path, "ddpg", episodes=4, resume=True).history) == 4
     assert json.loads((run / "config.json").read_text())["agent_kwargs"]["reward_baseline"] == "ema"
     with pytest.raises(ValueError, match="cannot resume .* other settings"):
-        _search(tmp_path, "ddpg", episodes=5, resume=True, agent_kwargs={**DDPG_KWARGS, "reward_baseline": "none"})
+        _search(tmp_path, "ddpg", episodes=5, resume=True, agent_kwargs={**DDPG_KWARGS, "reward_baseline": "raw"})
 
 
 def test_ddpg_sigkill_then_resume_repeats_no_episode(tmp_path):

@@ -307,10 +307,10 @@ def test_ddpg_learns_from_applied_actions_and_shared_reward(env_kwargs, tmp_path
 
 def test_ddpg_without_the_baseline_learns_from_the_raw_rewards(env_kwargs, tmp_path):
     result = search(ENV_ID, agent="ddpg", episodes=3, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
-                    agent_kwargs={"warmup_episodes": 1, "net_arch": [16, 16], "reward_baseline": "none"},
+                    agent_kwargs={"warmup_episodes": 1, "net_arch": [16, 16], "reward_baseline": "raw"},
                     progress=False)
     steps = len(result.history[0]["applied"])
-    model = _saved_ddpg(result.run_dir, steps, reward_baseline="none")
+    model = _saved_ddpg(result.run_dir, steps, reward_baseline="raw")
     buf = model.replay_buffer
     finals = np.array([e["reward"] for e in result.history], np.float32)
     sampled = buf._get_samples(np.arange(buf.pos)).rewards.numpy().reshape(3, steps)
@@ -327,7 +327,7 @@ def test_ddpg_without_the_baseline_learns_from_the_raw_rewards(env_kwargs, tmp_p
     ("critic_lr", "fast", r"critic_lr must be a number"),
     ("batch_size", 0, r"batch_size must be an integer in \[1, inf\)"),
     ("baseline_decay", 1.0, r"baseline_decay must be a number in \[0, 1\)"),
-    ("reward_baseline", "mean", r"reward_baseline must be one of \['ema', 'none'\], got 'mean'"),
+    ("reward_baseline", "mean", r"reward_baseline must be one of \['ema', 'raw'\], got 'mean'"),
     ("gradient_steps", 0, r"gradient_steps must be -1 \(one per transition\) or an integer >= 1"),
 ])
 def test_ddpg_settings_out_of_range_are_refused_with_a_sentence(setting, value, message, env_kwargs, tmp_path):
