@@ -69,29 +69,43 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     return float(x.mean() - y.mean()), float(t.ppf(0.975, dof) * se)
 
 
-def against_default(runs: list[dict[str, Any]], labels: list[str], budgets: list[float], episodes: int) -> str:
-    """Each variant's best-so-far at ``episodes`` minus the default's, per budget, and whether it
-    wins (interval above 0) at every budget."""
-    head = "| variant | " + " | ".join(f"{b}: - default @ {episodes}" for b in budgets) + " | wins at every budget |"
+def against(runs: list[dict[str, Any]], labels: list[str], base: str, budgets: list[float], episodes: int) -> str:
+    """Each label's best-so-far at ``episodes`` minus ``base``'s, per budget (Welch 95% interval),
+    and whether it wins (interval above 0) at every budget."""
+    head = "| variant | " + " | ".join(f"{b}: - {base} @ {episodes}" for b in budgets) + " | wins at every budget |"
     lines = [head, "|" + "---|" * (len(budgets) + 2)]
     for label in labels:
-        if label == "default":
+        if label == base:
             continue
         cells, wins = [], []
         for b in budgets:
             mine = [league.at(league.best_so_far(r["rewards"]), episodes) for r in runs
                     if r["agent"] == label and r["budget"] == b]
-            base = [league.at(league.best_so_far(r["rewards"]), episodes) for r in runs
-                    if r["agent"] == "default" and r["budget"] == b]
-            if not mine or not base:
+            ref = [league.at(league.best_so_far(r["rewards"]), episodes) for r in runs
+                   if r["agent"] == base and r["budget"] == b]
+            if not mine or not ref:
                 cells.append("-")
                 wins.append(False)
                 continue
-            d, h = welch(mine, base)
+            d, h = welch(mine, ref)
             cells.append(f"{100 * d:+.2f} +- {100 * h:.2f}")
             wins.append(d - h > 0)
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {'yes' if all(wins) else 'no'} |")
     return "\n".join(lines)
+
+
+def chance_of_beating_a_warmup(runs: list[dict[str, Any]], label: str, warmup: int, budgets: list[float]) -> str:
+    """For an agent without a warm-up (random search): in how many seeds its best after episode
+    ``warmup`` beats its best of the first ``warmup`` episodes: what "the best after the warm-up
+    beats the warm-up's" gives without any learning (chance: (n - w) / n for i.i.d. episodes)."""
+    parts = []
+    for b in budgets:
+        rs = [r["rewards"] for r in runs if r["agent"] == label and r["budget"] == b and len(r["rewards"]) > warmup]
+        if rs:
+            wins = sum(max(r[warmup:]) > max(r[:warmup]) for r in rs)
+            n = len(rs[0])
+            parts.append(f"{b}: {wins}/{len(rs)} seeds (chance {(n - warmup) / n:.0%})")
+    return f"{label}, best after episode {warmup} beats the first {warmup}'s: " + "; ".join(parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -105,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"named variants, from {list(VARIANTS)}")
     p.add_argument("--variant", action="append", default=[], metavar="LABEL:K=V,...",
                    help="a variant of your own: DDPG settings that differ from the defaults (repeatable)")
+    p.add_argument("--reference", nargs="*", default=["random"],
+                   help="agents run beside the variants for comparison (default: random search)")
     p.add_argument("--seeds", type=int, default=10)
     p.add_argument("--episodes", type=int, default=200)
     p.add_argument("--workers", type=int, default=1)
@@ -131,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         env_kwargs = f"data={data}"
         chosen = {"default": {"net_arch": [16, 16], "warmup_episodes": 4},
                   "warmup2": {"net_arch": [16, 16], "warmup_episodes": 2}}
+        args.reference = ["random"]
         args.seeds, args.episodes, args.budgets = 2, 8, [0.5, 0.3]
         args.logdir = str(Path(tmp.name) / "runs")
         args.out = str(Path(tmp.name) / "diagnosis.json") if args.out == p.get_default("out") else args.out
@@ -139,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
 
     league_argv = ["--env", args.env, "--budgets", *map(str, args.budgets), "--seeds", str(args.seeds),
                    "--episodes", str(args.episodes), "--workers", str(args.workers), "--logdir", args.logdir,
-                   "--out", args.out, "--agents", *[f"{label}=ddpg" for label in chosen]]
+                   "--out", args.out, "--agents", *[f"{label}=ddpg" for label in chosen], *args.reference]
     if env_kwargs:
         league_argv += ["--env-kwargs", env_kwargs]
     for label, kwargs in chosen.items():
@@ -150,9 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         return code
     result = json.loads(Path(args.out).read_text())
     last = [c for c in league.CHECKPOINTS if c <= args.episodes] or [args.episodes]
-    text = against_default(result["runs"], list(chosen), args.budgets, last[-1])
+    text = against(result["runs"], list(chosen), "default", args.budgets, last[-1])
+    extra = []
+    for ref in args.reference:
+        extra.append(against(result["runs"], [*chosen, ref], ref, args.budgets, last[-1]))
+        from pf_agents.ddpg import DDPGAgent
+
+        warmup = int({**DDPGAgent.DEFAULTS, **chosen["default"]}["warmup_episodes"])
+        extra.append(chance_of_beating_a_warmup(result["runs"], ref, warmup, args.budgets))
     print(text)
-    result.update({"variants": chosen, "against_default": text,
+    print("\n\n".join(extra))
+    result.update({"variants": chosen, "against_default": text, "against_reference": extra,
                    "descriptions": {k: VARIANTS[k][1] for k in chosen if k in VARIANTS}})
     Path(args.out).write_text(json.dumps(result, indent=1))
     if tmp is not None:

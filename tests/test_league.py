@@ -78,11 +78,13 @@ def test_ddpg_diagnosis_smoke(tmp_path, capsys):
     out = tmp_path / "diag.json"
     assert ddpg_diagnosis.main(["--smoke", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert {r["agent"] for r in result["runs"]} == {"default", "warmup2"}
+    assert {r["agent"] for r in result["runs"]} == {"default", "warmup2", "random"}
     assert {r["warmup"] for r in result["runs"] if r["agent"] == "warmup2"} == {2}
     text = capsys.readouterr().out
     assert "seeds (warm-up 4)" in text and "seeds (warm-up 2)" in text
     assert "| warmup2 | " in result["against_default"] and "wins at every budget" in result["against_default"]
+    assert {r["agent"] for r in result["runs"]} >= {"random"}
+    assert "random, best after episode 4 beats the first 4" in text and "- random @ 8" in text
 
 
 def test_ddpg_diagnosis_refuses_unknown_variants(capsys):
