@@ -24,8 +24,9 @@ fall).
 
 Speed: the league's runs write no TensorBoard curves (``--tensorboard`` turns them on) and TPE
 keeps its study in memory (``tpe:storage=memory``, :data:`LEAGUE_AGENT_KWARGS`; the same trials as
-its SQLite file); the records and the agents' state are written as in any search (a killed league
-loses at most each run's episode in flight). The table's footer gives each agent's CPU time an
+its SQLite file; a league's TPE runs recorded before this default resume with
+``--agent-kwargs tpe:storage=none``); the records and the agents' state are written as in any
+search (a killed league loses at most each run's episode in flight). The table's footer gives each agent's CPU time an
 episode (``time.process_time`` of its runs, summed over the worker processes) and what the league
 cost in all; docs/surrogate.md ("Speed") has the measured figures.
 """
