@@ -33,7 +33,8 @@ import league  # noqa: E402
 
 #: Named variants: label -> (DDPG settings that differ from the defaults, what it tests).
 VARIANTS: dict[str, tuple[dict[str, Any], str]] = {
-    "default": ({}, "the project's defaults: warm-up 25, sigma 1.0 decaying x0.98, lr 1e-4/1e-3, batch 64, EMA baseline"),
+    "default": ({}, "the project's defaults: warm-up 25, sigma 1.0 decaying x0.98, lr 1e-4/1e-3, batch 64, "
+                    "EMA baseline"),
     "warmup100": ({"warmup_episodes": 100}, "AMC's warm-up (100 episodes)"),
     "warmup10": ({"warmup_episodes": 10}, "a short warm-up"),
     "noise_decay0.95": ({"noise_decay": 0.95}, "AMC's noise decay"),

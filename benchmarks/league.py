@@ -326,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
         kwargs = {**LEAGUE_AGENT_KWARGS.get(agent, {}), **agent_kwargs.get(label, {})}
         bad = sorted(set(kwargs) - set(get_agent_class(agent).DEFAULTS))
         if bad:
-            p.error(f"{label}: unknown setting(s) {bad} of agent {agent}; valid: {sorted(get_agent_class(agent).DEFAULTS)}")
+            valid = sorted(get_agent_class(agent).DEFAULTS)
+            p.error(f"{label}: unknown setting(s) {bad} of agent {agent}; valid: {valid}")
         check = getattr(get_agent_class(agent), "check_settings", None)
         if check is not None:
             try:

@@ -537,7 +537,8 @@ class DDPGAgent(SB3Agent):
             critic_lr=c["critic_lr"], learning_rate=c["critic_lr"], batch_size=c["batch_size"],
             gamma=c["gamma"], tau=c["tau"], buffer_size=c["buffer_size"], gradient_steps=int(c["gradient_steps"]),
             policy_kwargs={"net_arch": {"pi": list(c["net_arch"]), "qf": list(c["net_arch"])}},
-            seed=self.seed, device=c["device"], tensorboard_log=str(self.run_dir) if self.tensorboard else None, verbose=0,
+            seed=self.seed, device=c["device"], verbose=0,
+            tensorboard_log=str(self.run_dir) if self.tensorboard else None,
         )
 
 
