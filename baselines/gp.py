@@ -3,6 +3,13 @@
 The first ``initial_points`` episodes are uniform random (seeded like the random agent);
 after that each episode plays the maximiser of the acquisition (expected improvement by
 default) of a GP fitted to every episode so far. A resumed run refits on its records.
+
+Cost: every episode refits the GP's hyperparameters (``optimize_restarts`` restarts of
+L-BFGS, GPyOpt's default 5) and optimises the acquisition on all episodes so far, so an episode
+costs ~0.5-2 s of CPU and grows with the episodes (docs/surrogate.md, "Speed"): on a surrogate
+env it is the agent, not the env, that takes the time. ``optimize_restarts=1`` refits from the
+current hyperparameters only (GPyOpt's cheaper setting; another algorithm setting, so another
+search).
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from pf_agents.base import BlackBoxAgent
 
 class GPAgent(BlackBoxAgent):
     name = "gp"
-    DEFAULTS: ClassVar[dict[str, Any]] = {"initial_points": 10, "acquisition": "EI", "exploration_weight": 2.0}
+    DEFAULTS: ClassVar[dict[str, Any]] = {"initial_points": 10, "acquisition": "EI", "exploration_weight": 2.0,
+                                          "optimize_restarts": 5}
 
     def run(self) -> None:
         try:
@@ -41,6 +49,7 @@ class GPAgent(BlackBoxAgent):
                         f=None, domain=domain, X=np.vstack(xs), Y=-np.asarray(ys).reshape(-1, 1),
                         acquisition_type=self.config["acquisition"], normalize_Y=True,
                         exact_feval=False, acquisition_weight=float(self.config["exploration_weight"]),
+                        optimize_restarts=int(self.config["optimize_restarts"]),
                     )
                     x = np.clip(bo.suggest_next_locations()[0], -1.0, 1.0)
             reward, _ = self.play(np.asarray(x))

@@ -7,6 +7,7 @@ with 95% intervals over seeds, then (optionally) each run's best policy re-score
     python benchmarks/league.py --smoke            # a size test: 3 agents x 2 seeds x 8 episodes on a tiny dataset
     python benchmarks/league.py ... --agents ddpg ddpg_w100=ddpg --agent-kwargs ddpg_w100:warmup_episodes=100
                                                    # variants of one agent, side by side
+    python benchmarks/league.py ... --agent-episodes gp=100   # one agent at fewer episodes (GP's refits)
 
 Every run goes through the search harness (:func:`pf_agents.search`) into its own run folder
 under ``--logdir`` and is resumed when the league is started again. The table shows the mean
@@ -20,6 +21,14 @@ dataset's header, the budget, and ``reward_split=test``, ``reward_samples=N``): 
 shows, per agent, the real accuracy of the policies the surrogate ranked best and how far they
 fall from their surrogate score (an agent that exploits the surrogate's errors shows a large
 fall).
+
+Speed: the league's runs write no TensorBoard curves (``--tensorboard`` turns them on) and TPE
+keeps its study in memory (``tpe:storage=memory``, :data:`LEAGUE_AGENT_KWARGS`; the same trials as
+its SQLite file; a league's TPE runs recorded before this default resume with
+``--agent-kwargs tpe:storage=none``); the records and the agents' state are written as in any
+search (a killed league loses at most each run's episode in flight). The table's footer gives each agent's CPU time an
+episode (``time.process_time`` of its runs, summed over the worker processes) and what the league
+cost in all; docs/surrogate.md ("Speed") has the measured figures.
 """
 
 from __future__ import annotations
@@ -40,6 +49,9 @@ AGENTS = ("ddpg", "td3", "sac", "gp", "tpe", "random", "uniform")
 CHECKPOINTS = (50, 100, 200, 400)
 #: Each agent's setting for the length of its warm-up (its start without a model).
 WARMUP_KEYS = ("warmup_episodes", "n_startup_trials", "initial_points")
+#: Settings the league gives an agent unless ``--agent-kwargs`` names them: TPE's study in
+#: memory (the same trials as the SQLite file of a plain search, without ~12 commits an episode).
+LEAGUE_AGENT_KWARGS: dict[str, dict[str, Any]] = {"tpe": {"storage": "memory"}}
 
 
 def parse_entry(entry: str) -> tuple[str, str]:
@@ -64,18 +76,24 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """One search (resumed if its run folder exists); returns its rewards in order and its best."""
     import torch
 
+    from pf_agents.records import read_run
+    from pf_agents.registry import get_agent_class
     from pf_agents.search import search
 
     torch.set_num_threads(1)
+    get_agent_class(job["algo"])  # its libraries' imports (SB3, Optuna, GPyOpt) outside the run's CPU time
     run_dir = Path(job["logdir"]) / job["name"]
-    t0 = time.time()
+    t0, c0 = time.time(), time.process_time()
+    resume = (run_dir / "config.json").exists()
+    before = len(read_run(run_dir).episodes) if resume else 0
     result = search(job["env"], agent=job["algo"], episodes=job["episodes"], seed=job["seed"], logdir=job["logdir"],
-                    run_name=job["name"], resume=(run_dir / "config.json").exists(), progress=False,
-                    env_kwargs=job["env_kwargs"], agent_kwargs=job["agent_kwargs"])
+                    run_name=job["name"], resume=resume, progress=False, env_kwargs=job["env_kwargs"],
+                    agent_kwargs=job["agent_kwargs"], tensorboard=job.get("tensorboard", False))
     rewards = [float(r["reward"]) for r in result.history]
     best = result.best or {}
     return {**{k: job[k] for k in ("agent", "algo", "seed", "budget", "warmup")}, "rewards": rewards,
-            "wall_s": round(time.time() - t0, 1),
+            "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 2),
+            "played": len(rewards) - before,
             "best": {"reward": best.get("reward"), "episode": best.get("episode"), "seed": best.get("seed"),
                      "policy": result.best_policy, "surrogate_std": (best.get("info") or {}).get("surrogate_std")}}
 
@@ -171,6 +189,9 @@ def table(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], e
                 continue
             cells = []
             for c in marks:
+                if any(1 < len(r["rewards"]) < c for r in rs):  # a run shorter than c (--agent-episodes)
+                    cells.append("-")
+                    continue
                 mean, half = interval([at(best_so_far(r["rewards"]), c) for r in rs])
                 cells.append(f"{100 * mean:.2f} +- {100 * half:.2f}")
             line = f"| {b} | {agent} | {len(rs)} | " + " | ".join(cells)
@@ -187,6 +208,26 @@ def table(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], e
             else:
                 line += " |"
             lines.append(line)
+    return "\n".join(lines)
+
+
+def cost_table(runs: list[dict[str, Any]], agents: list[str], seeds: int, budgets: int) -> str:
+    """Each agent's CPU time: per episode played in this league, per run, and a full league's
+    share (``seeds`` x ``budgets`` runs of the same length), from ``time.process_time`` of its
+    runs (the process's imports are paid by its first run: run one short league first, or read
+    the per-episode figure of long runs)."""
+    lines = ["| agent | runs | episodes played | CPU s | CPU ms an episode | CPU min at "
+             f"{seeds} seeds x {budgets} budgets |", "|---|---|---|---|---|---|"]
+    total = 0.0
+    for agent in agents:
+        rs = [r for r in runs if r["agent"] == agent]
+        played = sum(r.get("played", len(r["rewards"])) for r in rs)
+        cpu = sum(r.get("cpu_s", 0.0) for r in rs)
+        full = cpu / max(1, len(rs)) * seeds * budgets / 60
+        total += full
+        per = f"{1000 * cpu / played:.1f}" if played else "-"
+        lines.append(f"| {agent} | {len(rs)} | {played} | {cpu:.1f} | {per} | {full:.1f} |")
+    lines.append(f"| all | | | | | {total:.1f} (wall on 2 idle cores: ~{total / 2:.1f}) |")
     return "\n".join(lines)
 
 
@@ -234,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="agents, or labelled variants LABEL=AGENT (settings via --agent-kwargs LABEL:K=V)")
     p.add_argument("--seeds", type=int, default=10, help="seeds 0..N-1")
     p.add_argument("--episodes", type=int, default=400)
+    p.add_argument("--agent-episodes", nargs="+", default=[], metavar="LABEL=N",
+                   help="episodes of one agent or variant where it differs from --episodes, e.g. gp=100")
+    p.add_argument("--tensorboard", action="store_true",
+                   help="write each run's TensorBoard curves (off by default: they cost more than a surrogate episode)")
     p.add_argument("--agent-kwargs", action="append", default=[], metavar="LABEL:K=V,...",
                    help="settings of one agent or variant, e.g. ddpg:warmup_episodes=100 (repeatable)")
     p.add_argument("--workers", type=int, default=1, help="processes")
@@ -266,6 +311,29 @@ def main(argv: list[str] | None = None) -> int:
     labels = [label for label, _ in entries]
     if len(set(labels)) != len(labels):
         p.error(f"each agent or variant once, got {labels}")
+    stray = sorted(set(agent_kwargs) - set(labels))
+    if stray:
+        p.error(f"--agent-kwargs for {stray}, which --agents does not list ({labels})")
+    episodes_of: dict[str, int] = {}
+    for spec in args.agent_episodes:
+        label, _, n = spec.partition("=")
+        if label not in labels or not n.isdigit() or int(n) < 1:
+            p.error(f"--agent-episodes takes LABEL=N with LABEL one of {labels} and N >= 1, got {spec!r}")
+        episodes_of[label] = int(n)
+    from pf_agents.registry import get_agent_class
+
+    for label, agent in entries:
+        kwargs = {**LEAGUE_AGENT_KWARGS.get(agent, {}), **agent_kwargs.get(label, {})}
+        bad = sorted(set(kwargs) - set(get_agent_class(agent).DEFAULTS))
+        if bad:
+            valid = sorted(get_agent_class(agent).DEFAULTS)
+            p.error(f"{label}: unknown setting(s) {bad} of agent {agent}; valid: {valid}")
+        check = getattr(get_agent_class(agent), "check_settings", None)
+        if check is not None:
+            try:
+                check({**get_agent_class(agent).DEFAULTS, **kwargs})
+            except ValueError as exc:
+                p.error(f"{label}: {exc}")
 
     import gymnasium as gym
 
@@ -276,12 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     jobs = []
     for b in args.budgets:
         for label, agent in entries:
-            kwargs = agent_kwargs.get(label, {})
+            kwargs = {**LEAGUE_AGENT_KWARGS.get(agent, {}), **agent_kwargs.get(label, {})}
+            n = 1 if agent == "uniform" else episodes_of.get(label, args.episodes)
             for seed in range(args.seeds):
                 jobs.append({"env": args.env, "env_kwargs": {**env_kwargs, bk: b}, "agent": label, "algo": agent,
-                             "seed": seed, "budget": b, "episodes": 1 if agent == "uniform" else args.episodes,
-                             "agent_kwargs": kwargs, "warmup": warmup_length(agent, kwargs), "logdir": args.logdir,
-                             "name": f"{args.env}__{bk}{b}__{label}__seed{seed}"})
+                             "seed": seed, "budget": b, "episodes": n, "agent_kwargs": kwargs,
+                             "warmup": warmup_length(agent, kwargs), "logdir": args.logdir,
+                             "tensorboard": args.tensorboard, "name": f"{args.env}__{bk}{b}__{label}__seed{seed}"})
     t0 = time.time()
     if args.workers > 1:
         with ProcessPoolExecutor(args.workers) as pool:
@@ -293,15 +362,17 @@ def main(argv: list[str] | None = None) -> int:
         rescore_real(args.env, env_kwargs, runs, args.rescore)
     text = table(runs, labels, args.budgets, args.episodes)
     print(text)
+    cost = cost_table(runs, labels, 10, 2)
+    print(cost)
     print(f"{len(jobs)} runs in {wall:.0f} s ({args.workers} worker(s))")
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps({"env": args.env, "env_kwargs": env_kwargs, "budgets": args.budgets,
                                    "agents": args.agents, "seeds": args.seeds, "episodes": args.episodes,
-                                   "agent_kwargs": agent_kwargs, "wall_s": round(wall, 1),
-                                   "command": " ".join(sys.argv),
-                                   "table": text, "runs": runs}, indent=1))
+                                   "agent_kwargs": agent_kwargs, "agent_episodes": episodes_of,
+                                   "wall_s": round(wall, 1), "command": " ".join(sys.argv),
+                                   "table": text, "cost": cost, "runs": runs}, indent=1))
         plot(runs, labels, args.budgets, out.with_suffix(".png"))
         print(f"wrote {out} and {out.with_suffix('.png')}")
     if tmp is not None:

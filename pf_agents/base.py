@@ -160,6 +160,9 @@ class Agent:
 
     name: ClassVar[str] = "agent"
     DEFAULTS: ClassVar[dict[str, Any]] = {}
+    #: whether the agent may write its own TensorBoard curves into the run folder (the harness
+    #: sets it from ``search(tensorboard=...)``)
+    tensorboard: bool = True
 
     def __init__(
         self,

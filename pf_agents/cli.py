@@ -93,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue the run recorded in the run folder")
     p.add_argument("--env-kwargs", type=parse_kwargs, default={}, help="env settings: k=v,k=v")
     p.add_argument("--agent-kwargs", type=parse_kwargs, default={}, help="agent settings: k=v,k=v")
-    p.add_argument("--storage", default=None, help="tpe: Optuna RDB URL shared by several searches")
+    p.add_argument("--storage", default=None,
+                   help="tpe: Optuna RDB URL shared by several searches, or memory (in the process)")
     p.add_argument("--study-name", default=None, help="tpe: study name inside --storage")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

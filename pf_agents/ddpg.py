@@ -15,9 +15,10 @@
 - separate actor and critic learning rates (SB3 uses one for both).
 
 :class:`DDPGAgent` runs it inside the search harness and saves the networks, optimizer
-states, replay buffer, counters and random streams after every episode's update (as tensors,
-plain arrays and JSON: nothing loaded can run code), so a killed search resumes exactly where
-it stopped (see :class:`SB3Agent`).
+states, replay buffer, counters and random streams after an episode's update (every episode
+of a real env; at most every :data:`SAVE_INTERVAL_S` seconds, so every few hundred episodes of a
+surrogate env; as tensors, plain arrays and JSON: nothing loaded can run code), so a killed
+search resumes exactly where it stopped (see :class:`SB3Agent`).
 :class:`SB3Agent` runs any other SB3 off-policy algorithm (TD3, SAC) on the same env.
 """
 
@@ -72,6 +73,8 @@ class AMCDDPG(DDPG):
             ([-1, 1]); AMC's 0.5 on its [0, 1] action range is 1.0 here.
         noise_decay: sigma multiplier per episode after warm-up (AMC: 0.95).
         baseline_decay: EMA factor of the reward baseline (PocketFlow: 0.95).
+        reward_baseline: ``"ema"`` (AMC, PocketFlow): the moving average of the episodes'
+            rewards is subtracted from every sampled reward; ``"raw"``: the raw reward.
         actor_lr / critic_lr: learning rates (AMC: 1e-4 / 1e-3).
     """
 
@@ -83,6 +86,7 @@ class AMCDDPG(DDPG):
         noise_sigma: float = 1.0,
         noise_decay: float = 0.95,
         baseline_decay: float = 0.95,
+        reward_baseline: str = "ema",
         actor_lr: float = 1e-4,
         critic_lr: float = 1e-3,
         **kwargs: Any,
@@ -92,6 +96,7 @@ class AMCDDPG(DDPG):
         self.noise_sigma = float(noise_sigma)
         self.noise_decay = float(noise_decay)
         self.baseline_decay = float(baseline_decay)
+        self.use_baseline = reward_baseline == "ema"
         self.actor_lr = float(actor_lr)
         self.critic_lr = float(critic_lr)
         self.reward_baseline: float | None = None
@@ -137,7 +142,7 @@ class AMCDDPG(DDPG):
             for pos in self._episode_positions:
                 replay_buffer.rewards[pos] = final
             self._episode_positions = []
-            if isinstance(replay_buffer, BaselineReplayBuffer):
+            if isinstance(replay_buffer, BaselineReplayBuffer) and self.use_baseline:
                 replay_buffer.reward_baseline = self.reward_baseline
 
     def _update_learning_rate(self, optimizers) -> None:
@@ -147,7 +152,7 @@ class AMCDDPG(DDPG):
         update_learning_rate(self.critic.optimizer, self.critic_lr)
 
 
-#: the agent's state in the run folder, saved after every episode's update. None of these
+#: the agent's state in the run folder, saved after an episode's update (:data:`SAVE_INTERVAL_S`). None of these
 #: runs code when loaded: tensors (``torch.load(weights_only=True)``), plain arrays
 #: (``np.load(allow_pickle=False)``) and JSON.
 POLICY_FILE = "agent_policy.pt"
@@ -280,16 +285,24 @@ def load_agent(model, run_dir: Path) -> dict[str, Any]:
     model._current_progress_remaining = float(state["progress_remaining"])
     if state.get("reward_baseline") is not None:
         model.reward_baseline = float(state["reward_baseline"])
-        if isinstance(buf, BaselineReplayBuffer):
+        if isinstance(buf, BaselineReplayBuffer) and getattr(model, "use_baseline", True):
             buf.reward_baseline = model.reward_baseline
     torch.set_rng_state(payload["torch_rng"].cpu())
     _set_rng_state(model, state["rng"])
     return state
 
 
+#: at most this many seconds between two saves of the agent's state (and at the end of ``learn``)
+SAVE_INTERVAL_S = 5.0
+
+
 class _SaveEachEpisode(BaseCallback):
-    """Saves the agent once an episode's update is done (at the next rollout's start), and
-    notes each episode's reward as the agent sees it. ``learn`` is given exactly the
+    """Saves the agent once an episode's update is done (at the next rollout's start) when
+    :data:`SAVE_INTERVAL_S` has passed since the last save (every episode of a real env,
+    every few hundred on a surrogate env, where a save per episode cost half the episode's
+    time), and notes each episode's reward as the agent sees it. A kill between two saves
+    loses no work: the recorded episodes the saved state has not trained on are replayed to
+    it on resume, with their updates (:class:`SB3Agent`). ``learn`` is given exactly the
     remaining episodes' steps, so it ends on its own after the last episode has been stored
     and trained on."""
 
@@ -298,7 +311,8 @@ class _SaveEachEpisode(BaseCallback):
         self.agent = agent
 
     def _on_rollout_start(self) -> None:
-        if self.model._episode_num > self.agent.saved_episodes:
+        if (self.model._episode_num > self.agent.saved_episodes
+                and time.monotonic() - self.agent.saved_at >= SAVE_INTERVAL_S):
             self.agent.save()
 
     def _on_step(self) -> bool:
@@ -311,9 +325,10 @@ class SB3Agent(Agent):
     """Any stable-baselines3 off-policy algorithm (TD3, SAC) on the env, unchanged, with
     warm-up episodes and training once per episode.
 
-    Resume: the run's records are the source of truth. The agent state saved after each
-    episode's update (:func:`save_agent`) is restored, and recorded episodes it had not yet
-    trained on (a kill between the record and the save) are replayed to it as free dry runs
+    Resume: the run's records are the source of truth. The agent state saved after an
+    episode's update (:func:`save_agent`; at most every :data:`SAVE_INTERVAL_S` seconds, and at
+    the end) is restored, and recorded episodes it had not yet trained on (a kill between the
+    record and the next save) are replayed to it as free dry runs
     with the recorded actions and rewards (:meth:`EpisodeRecorder.replay`), with their
     training updates; with no saved state the agent is rebuilt from all the records. Every
     random stream is restored, so a resumed run plays what an uninterrupted one would have.
@@ -331,8 +346,9 @@ class SB3Agent(Agent):
         super().__init__(*args, **kwargs)
         #: rewards of the episodes the agent has collected, in order (recorded ones included)
         self.trained_rewards: list[float] = []
-        #: episodes trained on at the last save
+        #: episodes trained on at the last save, and when it was (``time.monotonic``)
         self.saved_episodes = 0
+        self.saved_at = -float("inf")
 
     def _algo_kwargs(self) -> dict[str, Any]:
         c = self.config
@@ -346,7 +362,7 @@ class SB3Agent(Agent):
             buffer_size=c["buffer_size"], learning_starts=c["warmup_episodes"] * self.steps,
             train_freq=(1, "episode"), gradient_steps=-1,
             policy_kwargs={"net_arch": list(c["net_arch"])}, seed=self.seed, device=c["device"],
-            tensorboard_log=str(self.run_dir), verbose=0,
+            tensorboard_log=str(self.run_dir) if self.tensorboard else None, verbose=0,
         )
 
     def _algo_class(self) -> type:
@@ -366,6 +382,7 @@ class SB3Agent(Agent):
         except OSError as exc:
             raise write_error(self.run_dir / POLICY_FILE, exc, "(the agent's state)") from exc
         self.saved_episodes = int(self.model._episode_num)
+        self.saved_at = time.monotonic()
 
     def _check_legacy(self) -> None:
         """Refuse to resume from the pickled state of earlier versions (never loaded)."""
@@ -443,15 +460,70 @@ class DDPGAgent(SB3Agent):
     first layers" by the unclamped actions it imagined for the rest, and at 30% FLOPs the actor
     drifted there: test re-score 85.37 / 85.93 on seeds 0 / 1, against 86.60 / 85.95 with 0;
     docs/benchmarks.md). ``gradient_steps`` is the number of updates after each episode
-    (-1, AMC: one per transition collected)."""
+    (-1, AMC: one per transition collected).
+
+    Settings (``DEFAULTS``; each checked when the agent is built, :meth:`check_settings`):
+    ``warmup_episodes`` (>= 0) episodes of uniform random actions; ``noise_sigma`` (>= 0) the
+    initial sigma of the truncated-normal exploration in action units and ``noise_decay``
+    (0-1] its factor per episode after the warm-up; ``actor_lr`` / ``critic_lr`` (> 0);
+    ``batch_size`` (>= 1); ``reward_baseline`` ``"ema"`` (AMC's moving-average baseline
+    subtracted from the rewards the critic learns from) or ``"raw"`` (the raw rewards) and
+    ``baseline_decay`` [0-1) the moving average's factor; ``net_arch`` the hidden sizes of actor
+    and critic; ``gamma`` [0-1], ``tau`` (0-1], ``buffer_size`` (>= 1), ``gradient_steps``
+    (-1 or >= 1), ``device``."""
 
     name = "ddpg"
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "warmup_episodes": 25, "net_arch": [300, 300], "actor_lr": 1e-4, "critic_lr": 1e-3,
         "batch_size": 64, "gamma": 0.0, "tau": 0.01, "buffer_size": 100_000,
-        "noise_sigma": 1.0, "noise_decay": 0.98, "baseline_decay": 0.95, "gradient_steps": -1,
-        "device": "cpu",
+        "noise_sigma": 1.0, "noise_decay": 0.98, "baseline_decay": 0.95, "reward_baseline": "ema",
+        "gradient_steps": -1, "device": "cpu",
     }
+    #: the values ``reward_baseline`` takes
+    BASELINES: ClassVar[tuple[str, ...]] = ("ema", "raw")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.check_settings(self.config)
+
+    @classmethod
+    def check_settings(cls, c: dict[str, Any]) -> None:
+        """Refuse settings outside their range, naming the setting, its range and the value.
+
+        Raises:
+            ValueError: a setting is out of range or of the wrong kind.
+        """
+
+        def number(key: str, lo: float, hi: float, lo_open: bool = False, hi_open: bool = False,
+                   integer: bool = False) -> None:
+            v = c[key]
+            kind = int if integer else (int, float)
+            ok = isinstance(v, kind) and not isinstance(v, bool)
+            if ok:
+                ok = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+            if not ok:
+                lo_s, hi_s = ("(" if lo_open else "[") + f"{lo:g}", f"{hi:g}" + (")" if hi_open else "]")
+                what = "an integer" if integer else "a number"
+                raise ValueError(f"ddpg setting {key} must be {what} in {lo_s}, {hi_s}, got {v!r}")
+
+        inf = float("inf")
+        number("warmup_episodes", 0, inf, hi_open=True, integer=True)
+        number("noise_sigma", 0, inf, hi_open=True)
+        number("noise_decay", 0, 1, lo_open=True)
+        number("actor_lr", 0, inf, lo_open=True, hi_open=True)
+        number("critic_lr", 0, inf, lo_open=True, hi_open=True)
+        number("batch_size", 1, inf, hi_open=True, integer=True)
+        number("buffer_size", 1, inf, hi_open=True, integer=True)
+        number("baseline_decay", 0, 1, hi_open=True)
+        number("gamma", 0, 1)
+        number("tau", 0, 1, lo_open=True)
+        if c["reward_baseline"] not in cls.BASELINES:
+            raise ValueError(f"ddpg setting reward_baseline must be one of {list(cls.BASELINES)}, "
+                             f"got {c['reward_baseline']!r}")
+        steps = c["gradient_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or not (steps == -1 or steps >= 1):
+            raise ValueError(f"ddpg setting gradient_steps must be -1 (one per transition) or an integer >= 1, "
+                             f"got {steps!r}")
 
     def _algo_class(self) -> type:
         return AMCDDPG
@@ -460,11 +532,13 @@ class DDPGAgent(SB3Agent):
         c = self.config
         return dict(
             steps_per_episode=self.steps, warmup_episodes=c["warmup_episodes"], noise_sigma=c["noise_sigma"],
-            noise_decay=c["noise_decay"], baseline_decay=c["baseline_decay"], actor_lr=c["actor_lr"],
+            noise_decay=c["noise_decay"], baseline_decay=c["baseline_decay"],
+            reward_baseline=c["reward_baseline"], actor_lr=c["actor_lr"],
             critic_lr=c["critic_lr"], learning_rate=c["critic_lr"], batch_size=c["batch_size"],
             gamma=c["gamma"], tau=c["tau"], buffer_size=c["buffer_size"], gradient_steps=int(c["gradient_steps"]),
             policy_kwargs={"net_arch": {"pi": list(c["net_arch"]), "qf": list(c["net_arch"])}},
-            seed=self.seed, device=c["device"], tensorboard_log=str(self.run_dir), verbose=0,
+            seed=self.seed, device=c["device"], verbose=0,
+            tensorboard_log=str(self.run_dir) if self.tensorboard else None,
         )
 
 

@@ -89,6 +89,7 @@ def search(
     env_kwargs: dict[str, Any] | None = None,
     agent_kwargs: dict[str, Any] | None = None,
     progress: bool = True,
+    tensorboard: bool = True,
 ) -> SearchResult:
     """Search a compression policy.
 
@@ -104,6 +105,10 @@ def search(
         env_kwargs: kwargs for ``gym.make`` (only with an env id).
         agent_kwargs: agent settings (see the agent's ``DEFAULTS``).
         progress: show a progress bar.
+        tensorboard: write TensorBoard curves (``compress/*``, and SB3's ``train/*`` for the
+            learning agents); off, the run folder holds the records and the agent's state only
+            (what a league of many short surrogate runs wants: the curves cost more than a
+            surrogate episode). The records, the agent and its results are the same either way.
 
     Raises:
         ValueError: unknown env id or agent, or resuming with other settings or against
@@ -141,7 +146,8 @@ def search(
     }
     # Takes the run folder's lock first: from here on this process is its only writer.
     record = RunRecord.open(run_dir, config, resume,
-                            fill_env_defaults=env_kwargs_with_defaults if isinstance(env, str) else None)
+                            fill_env_defaults=env_kwargs_with_defaults if isinstance(env, str) else None,
+                            agent_defaults=agent_cls.DEFAULTS)
     budget = EpisodeBudget(done=len(record.episodes), total=int(episodes))
     instance: gym.Env | None = None
     logger = None
@@ -156,10 +162,11 @@ def search(
         model_fp, recovery_fp = env_fingerprints(instance)
         record.check_env(model=model_fp, recovery=recovery_fp)
         record.start()
-        from pf_agents.tensorboard import CompressionLogger
+        if tensorboard:
+            from pf_agents.tensorboard import CompressionLogger
 
-        logger = CompressionLogger(run_dir, {k: v for k, v in config.items() if k != "started"},
-                                   first_episode=len(record.episodes))
+            logger = CompressionLogger(run_dir, {k: v for k, v in config.items() if k != "started"},
+                                       first_episode=len(record.episodes))
         if progress:
             from tqdm.auto import tqdm
 
@@ -169,9 +176,10 @@ def search(
         def on_episode(rec: dict[str, Any]) -> None:
             rec["agent"] = agent
             record.append(rec)
-            assert record.best is not None and logger is not None
+            assert record.best is not None
             best = record.best["reward"]
-            logger.episode(rec, best)
+            if logger is not None:
+                logger.episode(rec, best)
             if bar is not None:
                 bar.set_postfix(best=f"{best:.4f}", last=f"{rec['reward']:.4f}", s_per_ep=f"{rec['wall_time_s']:.1f}")
                 bar.update(1)
@@ -179,6 +187,7 @@ def search(
         recorder = EpisodeRecorder(instance, int(seed), budget, on_episode)
         runner = agent_cls(recorder, seed=int(seed), run_dir=run_dir, history=list(record.episodes),
                            budget=budget, **agent_kwargs)
+        runner.tensorboard = bool(tensorboard)
         runner.run()
     except BaseException:
         if bar is not None:

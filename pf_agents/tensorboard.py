@@ -13,6 +13,7 @@ DDPG/TD3/SAC also write SB3's own ``train/*`` losses under ``<run>/sb3_1``.
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ import numpy as np
 from pf_agents.records import write_error
 
 METRICS = ("accuracy", "flops_ratio", "params_ratio")
+#: at most this many seconds between two flushes of the event file (and at close): every
+#: episode of a real env, about once a second on a surrogate env
+FLUSH_INTERVAL_S = 1.0
 
 
 _hook_installed = False
@@ -87,6 +91,7 @@ class CompressionLogger:
         _quiet_event_writer_errors()
         self.run_dir = Path(run_dir)
         self.failed = False
+        self._flushed_at = -float("inf")
         try:
             self.writer = open_writer(run_dir, first_episode)
             self.config = config
@@ -125,7 +130,10 @@ class CompressionLogger:
                 w.add_scalar(f"compress/layer_{i:02d}", a, ep)
         if raw.size:
             w.add_histogram("compress/raw_actions", raw, ep)
-        w.flush()
+        now = time.monotonic()
+        if now - self._flushed_at >= FLUSH_INTERVAL_S:
+            w.flush()
+            self._flushed_at = now
 
     def close(self, best_reward: float | None) -> None:
         """Write the hyper-parameters with the best reward and close the event file; a write

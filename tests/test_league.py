@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
+
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -34,3 +37,75 @@ def test_best_so_far_and_interval():
     assert league.parse_entry("ddpg_w100=ddpg") == ("ddpg_w100", "ddpg") and league.parse_entry("gp") == ("gp", "gp")
     assert league.warmup_length("ddpg", {}) == 25 and league.warmup_length("ddpg", {"warmup_episodes": 5}) == 5
     assert league.warmup_length("random", {}) is None
+
+
+def test_league_reports_its_cpu_cost_and_runs_an_agent_at_fewer_episodes(tmp_path, capsys):
+    out = tmp_path / "league.json"
+    assert league.main(["--smoke", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "CPU ms an episode" in text and "| all |" in text
+    result = json.loads(out.read_text())
+    assert all(r["cpu_s"] >= 0 and r["played"] == len(r["rewards"]) for r in result["runs"])
+    assert {r["agent"]: r["played"] for r in result["runs"]}["tpe"] == 8
+
+
+def test_table_leaves_out_checkpoints_past_a_shorter_run():
+    runs = [{"agent": a, "budget": 0.5, "rewards": [0.001 * i for i in range(n)], "warmup": None, "best": {}}
+            for a, n in (("ddpg", 100), ("gp", 60), ("uniform", 1))]
+    text = league.table(runs, ["ddpg", "gp", "uniform"], [0.5], 100)
+    gp = next(line for line in text.splitlines() if "| gp |" in line)
+    assert gp.split(" | ")[3].startswith("4.90") and gp.split(" | ")[4] == "-"  # @ 50 shown, @ 100 not
+    assert "| uniform | 1 | 0.00 +- 0.00 | 0.00 +- 0.00" in text
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--agents", "gp", "--agent-episodes", "gp=0"], "--agent-episodes takes LABEL=N"),
+    (["--agents", "gp", "--agent-episodes", "tpe=50"], "--agent-episodes takes LABEL=N"),
+    (["--agents", "ddpg", "--agent-kwargs", "ddpg:warmup=5"], r"unknown setting\(s\) \['warmup'\]"),
+    (["--agents", "ddpg", "--agent-kwargs", "ddpg:noise_decay=2"], "noise_decay must be a number in"),
+    (["--agents", "ddpg", "--agent-kwargs", "td3:warmup_episodes=5"], "which --agents does not list"),
+])
+def test_league_refuses_bad_settings_before_any_run(args, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        league.main(args)
+    assert exc.value.code == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_ddpg_diagnosis_smoke(tmp_path, capsys):
+    import ddpg_diagnosis
+
+    out = tmp_path / "diag.json"
+    assert ddpg_diagnosis.main(["--smoke", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert {r["agent"] for r in result["runs"]} == {"default", "warmup2", "random"}
+    assert {r["warmup"] for r in result["runs"] if r["agent"] == "warmup2"} == {2}
+    text = capsys.readouterr().out
+    assert "seeds (warm-up 4)" in text and "seeds (warm-up 2)" in text
+    assert "| warmup2 | " in result["against_default"] and "wins at every budget" in result["against_default"]
+    assert {r["agent"] for r in result["runs"]} >= {"random"}
+    assert "random, best after episode 4 beats the first 4" in text and "- random @ 8" in text
+
+
+def test_ddpg_diagnosis_refuses_unknown_variants(capsys):
+    import ddpg_diagnosis
+
+    with pytest.raises(SystemExit):
+        ddpg_diagnosis.main(["--variants", "default", "warmup1000"])
+    assert "unknown variant(s) ['warmup1000']" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        ddpg_diagnosis.main(["--variant", "noise_sigma=0.5"])
+    assert "--variant takes LABEL:K=V" in capsys.readouterr().err
+    assert ddpg_diagnosis.welch([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == (0.0, pytest.approx(2.26, abs=0.01))
+
+
+def test_every_named_ddpg_variant_is_a_valid_setting_as_the_league_spells_it():
+    import ddpg_diagnosis
+
+    from pf_agents.cli import parse_kwargs
+    from pf_agents.ddpg import DDPGAgent
+
+    for name, (kwargs, _) in ddpg_diagnosis.VARIANTS.items():
+        back = parse_kwargs(ddpg_diagnosis.spell(kwargs))
+        assert back == kwargs, name
+        DDPGAgent.check_settings({**DDPGAgent.DEFAULTS, **back})

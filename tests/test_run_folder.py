@@ -250,6 +250,7 @@ def _kill_at(monkeypatch, point: str, episode: int) -> None:
 
         monkeypatch.setattr(records.RunRecord, "append", append)
     elif point in ("during_save", "after_save"):  # the save after training on `episode`
+        monkeypatch.setattr(ddpg, "SAVE_INTERVAL_S", 0.0)  # a save after every episode's update
         real_save = ddpg.atomic_torch_save
 
         def torch_save(obj, path, **kw):
@@ -310,6 +311,52 @@ def test_td3_and_sac_resume_exactly_after_a_kill_between_record_and_save(agent, 
             _search(tmp_path, agent, episodes=8)
     resumed = _search(tmp_path, agent, episodes=8, resume=True)
     _assert_same_as_uninterrupted(resumed, uninterrupted(agent), tmp_path / "run")
+
+
+def test_ddpg_resumes_exactly_after_a_kill_many_episodes_after_its_last_save(tmp_path, monkeypatch, uninterrupted):
+    """Saves are throttled (ddpg.SAVE_INTERVAL_S): a kill long after the last save replays every
+    recorded episode the saved state has not trained on, with their updates."""
+    from pf_agents import ddpg
+
+    monkeypatch.setattr(ddpg, "SAVE_INTERVAL_S", 1e9)  # saved once (after episode 0's update), then at the end
+    with monkeypatch.context() as m:
+        _kill_at(m, "after_record", 6)
+        with pytest.raises(_Kill):
+            _search(tmp_path, "ddpg", episodes=8)
+    assert json.loads((tmp_path / "run" / "agent_state.json").read_text())["episodes_trained"] == 1
+    resumed = _search(tmp_path, "ddpg", episodes=8, resume=True)
+    _assert_same_as_uninterrupted(resumed, uninterrupted("ddpg"), tmp_path / "run")
+
+
+def test_episodes_are_fsynced_at_most_once_a_second_and_at_the_end(tmp_path, monkeypatch):
+    from pf_agents import records
+
+    synced: list[str] = []
+    real = records.RunRecord._fsync_path
+    monkeypatch.setattr(records.RunRecord, "_fsync_path",
+                        staticmethod(lambda path: (synced.append(Path(path).name), real(path))[1]))
+    monkeypatch.setattr(records, "SYNC_INTERVAL_S", 1e9)
+    result = _search(tmp_path, episodes=5)
+    # the first episode, then once when the run ends (episodes and best.json); every line is there
+    assert synced == ["episodes.jsonl", "episodes.jsonl", "best.json"]
+    assert len(_lines(result.run_dir)) == 5
+    synced.clear()
+    monkeypatch.setattr(records, "SYNC_INTERVAL_S", 0.0)
+    _search(tmp_path / "each", episodes=3)
+    assert synced.count("episodes.jsonl") == 3  # a real env's episodes (seconds each): every one
+
+
+def test_a_run_recorded_before_a_setting_existed_resumes(tmp_path):
+    """A setting added to an agent later (its default keeps the earlier behaviour) does not
+    refuse the resume of a run whose config does not name it."""
+    run = _search(tmp_path, "ddpg", episodes=3).run_dir
+    config = json.loads((run / "config.json").read_text())
+    del config["agent_kwargs"]["reward_baseline"]
+    (run / "config.json").write_text(json.dumps(config))
+    assert len(_search(tmp_path, "ddpg", episodes=4, resume=True).history) == 4
+    assert json.loads((run / "config.json").read_text())["agent_kwargs"]["reward_baseline"] == "ema"
+    with pytest.raises(ValueError, match="cannot resume .* other settings"):
+        _search(tmp_path, "ddpg", episodes=5, resume=True, agent_kwargs={**DDPG_KWARGS, "reward_baseline": "raw"})
 
 
 def test_ddpg_sigkill_then_resume_repeats_no_episode(tmp_path):

@@ -268,13 +268,13 @@ def test_tpe_two_processes_share_one_study(env_kwargs, tmp_path):
     assert {t.user_attrs["run"] for t in complete} == {"worker0", "worker1"}
 
 
-def _saved_ddpg(run_dir: Path, steps: int):
+def _saved_ddpg(run_dir: Path, steps: int, **kwargs):
     """An AMCDDPG rebuilt from a run folder's saved state (pf_agents.ddpg.load_agent)."""
     from pf_agents.ddpg import AMCDDPG, load_agent
 
     env = gym.make(ENV_ID, **TOY_KWARGS)
     model = AMCDDPG("MlpPolicy", env, steps_per_episode=steps, warmup_episodes=1,
-                    policy_kwargs={"net_arch": {"pi": [16, 16], "qf": [16, 16]}})
+                    policy_kwargs={"net_arch": {"pi": [16, 16], "qf": [16, 16]}}, **kwargs)
     load_agent(model, run_dir)
     return model
 
@@ -303,6 +303,61 @@ def test_ddpg_learns_from_applied_actions_and_shared_reward(env_kwargs, tmp_path
     sampled = buf._get_samples(np.arange(buf.pos)).rewards.numpy().reshape(3, steps)
     assert np.allclose(sampled, finals[:, None] - baseline, atol=1e-6)
     assert model._n_updates == 2 * steps  # AMC: one update per transition, after episodes 2 and 3
+
+
+def test_ddpg_without_the_baseline_learns_from_the_raw_rewards(env_kwargs, tmp_path):
+    result = search(ENV_ID, agent="ddpg", episodes=3, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+                    agent_kwargs={"warmup_episodes": 1, "net_arch": [16, 16], "reward_baseline": "raw"},
+                    progress=False)
+    steps = len(result.history[0]["applied"])
+    model = _saved_ddpg(result.run_dir, steps, reward_baseline="raw")
+    buf = model.replay_buffer
+    finals = np.array([e["reward"] for e in result.history], np.float32)
+    sampled = buf._get_samples(np.arange(buf.pos)).rewards.numpy().reshape(3, steps)
+    assert np.allclose(sampled, finals[:, None], atol=1e-6)  # nothing subtracted
+
+
+@pytest.mark.parametrize(("setting", "value", "message"), [
+    ("warmup_episodes", -1, r"warmup_episodes must be an integer in \[0, inf\), got -1"),
+    ("warmup_episodes", 2.5, r"warmup_episodes must be an integer"),
+    ("noise_sigma", -0.1, r"noise_sigma must be a number in \[0, inf\)"),
+    ("noise_decay", 0.0, r"noise_decay must be a number in \(0, 1\], got 0.0"),
+    ("noise_decay", 1.5, r"noise_decay must be a number in \(0, 1\]"),
+    ("actor_lr", 0, r"actor_lr must be a number in \(0, inf\)"),
+    ("critic_lr", "fast", r"critic_lr must be a number"),
+    ("batch_size", 0, r"batch_size must be an integer in \[1, inf\)"),
+    ("baseline_decay", 1.0, r"baseline_decay must be a number in \[0, 1\)"),
+    ("reward_baseline", "mean", r"reward_baseline must be one of \['ema', 'raw'\], got 'mean'"),
+    ("gradient_steps", 0, r"gradient_steps must be -1 \(one per transition\) or an integer >= 1"),
+])
+def test_ddpg_settings_out_of_range_are_refused_with_a_sentence(setting, value, message, env_kwargs, tmp_path):
+    with pytest.raises(ValueError, match=message):
+        search(ENV_ID, agent="ddpg", episodes=2, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+               agent_kwargs={"net_arch": [16, 16], setting: value}, progress=False)
+    assert not any(tmp_path.iterdir())  # a refused start leaves no run folder behind
+
+
+@pytest.mark.parametrize("agent", ["ddpg", "td3", "tpe", "random"])
+def test_tensorboard_off_writes_no_curves_and_changes_nothing(agent, env_kwargs, tmp_path):
+    kw = {**FAST_AGENT_KWARGS[agent], **({"net_arch": [16, 16]} if agent in ("ddpg", "td3") else {})}
+    runs = [search(ENV_ID, agent=agent, episodes=5, seed=2, logdir=tmp_path / str(tb), env_kwargs=env_kwargs,
+                   agent_kwargs=kw, progress=False, tensorboard=tb) for tb in (True, False)]
+    assert [e["raw_actions"] for e in runs[0].history] == [e["raw_actions"] for e in runs[1].history]
+    assert [e["reward"] for e in runs[0].history] == [e["reward"] for e in runs[1].history]
+    assert "compress/reward" in tb_tags(runs[0].run_dir)
+    assert not list(runs[1].run_dir.rglob("events.out.tfevents.*"))
+
+
+def test_tpe_in_memory_plays_the_sqlite_study_s_trials(env_kwargs, tmp_path):
+    runs = [search(ENV_ID, agent="tpe", episodes=12, seed=4, logdir=tmp_path / str(i), env_kwargs=env_kwargs,
+                   agent_kwargs={"n_startup_trials": 4, **kw}, progress=False)
+            for i, kw in enumerate(({}, {"storage": "memory"}))]
+    assert [e["raw_actions"] for e in runs[0].history] == [e["raw_actions"] for e in runs[1].history]
+    assert (runs[0].run_dir / "optuna.db").exists() and not (runs[1].run_dir / "optuna.db").exists()
+    # a resumed in-memory run rebuilds its study from the records
+    more = search(ENV_ID, agent="tpe", episodes=15, seed=4, logdir=tmp_path / "1", env_kwargs=env_kwargs,
+                  agent_kwargs={"n_startup_trials": 4, "storage": "memory"}, progress=False, resume=True)
+    assert len(more.history) == 15 and more.history[:12] == runs[1].history
 
 
 @pytest.mark.parametrize("algo", ["TD3", "SAC", "DDPG"])
@@ -454,3 +509,14 @@ def test_ddpg_updates_per_episode(env_kwargs, tmp_path):
     state = json.loads((result.run_dir / "agent_state.json").read_text())
     assert state["n_updates"] == 2 * 5  # trained after episodes 2 and 3
     assert state["episodes_trained"] == 3
+
+
+def test_gp_optimize_restarts_is_gpyopt_s_setting(env_kwargs, tmp_path):
+    """GPyOpt's default (5 restarts) is the agent's; 1 is the cheaper refit (another search)."""
+    from baselines.gp import GPAgent
+
+    assert GPAgent.DEFAULTS["optimize_restarts"] == 5
+    result = search(ENV_ID, agent="gp", episodes=4, seed=0, logdir=tmp_path, env_kwargs=env_kwargs,
+                    agent_kwargs={"initial_points": 2, "optimize_restarts": 1}, progress=False)
+    assert len(result.history) == 4
+    assert json.loads((result.run_dir / "config.json").read_text())["agent_kwargs"]["optimize_restarts"] == 1
