@@ -37,6 +37,7 @@ EXTRA_IDS: dict[str, str] = {
 #: the real env's episode with the reward from a regressor fitted on real episodes.
 SURROGATE_IDS: dict[str, tuple[str, str]] = {
     "Surrogate-ChannelPrune-ResNet20-v0": ("pf_envs.envs.surrogate:SurrogateChannelPruneEnv", "channelprune_resnet20"),
+    "Surrogate-UniformQuant-ResNet20-v0": ("pf_envs.envs.surrogate:SurrogateUniformQuantEnv", "uniformquant_resnet20"),
 }
 
 

@@ -332,10 +332,30 @@ def test_shipped_dataset_and_registered_id():
     data = load_episodes("channelprune_resnet20")
     assert len(data) == DATASETS["channelprune_resnet20"]["episodes"] and data.num_units == 12
     assert data.header["env_id"] == REAL_ID and data.header["env_settings"]["ft_iters"] == 0
-    env = gym.make(SURROGATE_ID, flops_budget=0.3, surrogate="gp")
+    env = gym.make(SURROGATE_ID, flops_budget=0.3, surrogate="hgb")  # trees: seconds to fit on the whole snapshot
     env.reset(seed=0)
     while True:
         *_, terminated, _, info = env.step(env.action_space.sample())
         if terminated:
             break
     assert info["flops_ratio"] <= 0.3 + 1e-9 and 0 <= info["accuracy"] <= 1
+
+
+def test_shipped_quant_dataset_and_registered_id():
+    """The packaged UniformQuant-ResNet20 snapshot matches its sha256 and its registered id plays
+    an episode within its avg_bits budget (weights only, the dataset's bit range)."""
+    import gymnasium as gym
+
+    import pf_envs
+
+    data = load_episodes("uniformquant_resnet20")
+    assert len(data) == DATASETS["uniformquant_resnet20"]["episodes"] and data.num_units == 22
+    assert data.header["env_id"] == "UniformQuant-ResNet20-v0" and data.header["env_settings"]["ft_iters"] == 0
+    assert pf_envs.ENV_IDS["Surrogate-UniformQuant-ResNet20-v0"]["kwargs"]["data"] == "uniformquant_resnet20"
+    env = gym.make("Surrogate-UniformQuant-ResNet20-v0", avg_bits=2.25, surrogate="hgb")
+    env.reset(seed=0)
+    while True:
+        *_, terminated, _, info = env.step(env.action_space.sample())
+        if terminated:
+            break
+    assert info["avg_weight_bits"] <= 2.25 + 1e-9 and 0 <= info["accuracy"] <= 1 and "surrogate_std" in info
