@@ -30,12 +30,43 @@ def channel_counts(model: nn.Module) -> dict[str, tuple[int, int]]:
     return out
 
 
+def _kind(m: nn.Module) -> tuple:
+    if isinstance(m, nn.Conv2d):
+        return ("conv", tuple(m.kernel_size), m.groups > 1 and m.groups == m.in_channels)
+    return ("linear",)
+
+
+def positional_counts(model: nn.Module, reference: nn.Module) -> dict[str, tuple[int, int]]:
+    """``reference``'s channel counts under ``model``'s layer names, pairing their Conv2d /
+    Linear layers in definition order: for two implementations of one architecture whose
+    modules are named differently (the zoo's CIFAR MobileNet-V2 and torchvision's).
+
+    Raises:
+        ValueError: the two have different numbers of layers, or a pair differs in kind
+            (convolution / linear), kernel size or depthwise-ness.
+    """
+    own = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ref = [(n, m) for n, m in reference.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    if len(own) != len(ref):
+        raise ValueError(f"the reference has {len(ref)} convolution / linear layers, the model {len(own)}: "
+                         "it is not the same architecture")
+    counts = channel_counts(reference)
+    out = {}
+    for (name, m), (rname, r) in zip(own, ref):
+        if _kind(m) != _kind(r):
+            raise ValueError(f"layer {name} ({_kind(m)}) pairs with the reference's {rname} ({_kind(r)}): "
+                             "it is not the same architecture")
+        out[name] = counts[rname]
+    return out
+
+
 def match_channels(
     model: nn.Module,
     reference: nn.Module,
     *,
     example: torch.Tensor | None = None,
     keep_outputs: tuple[str, ...] = (),
+    by_position: bool = False,
 ) -> nn.Module:
     """A copy of ``model`` pruned physically to ``reference``'s channel counts.
 
@@ -43,13 +74,14 @@ def match_channels(
     and ImageNet variants of a zoo model); every prunable channel group of ``model`` is cut to
     the output width its first producer has in ``reference`` (the first channels are kept:
     the weights are not the point). ``keep_outputs`` names layers whose output width stays
-    (the classifier, whose class count may differ).
+    (the classifier, whose class count may differ). ``by_position``: pair the layers in
+    definition order instead of by name (:func:`positional_counts`).
 
     Raises:
         ValueError: a layer of ``model`` is missing in ``reference``, a reference layer is wider
             than ``model``'s, or the result does not reproduce ``reference``'s widths.
     """
-    ref = channel_counts(reference)
+    ref = positional_counts(model, reference) if by_position else channel_counts(reference)
     own = channel_counts(model)
     missing = sorted(set(own) - set(ref))
     if missing:
@@ -76,4 +108,4 @@ def match_channels(
     return out
 
 
-__all__ = ["COMPRESSIBLE", "channel_counts", "match_channels"]
+__all__ = ["COMPRESSIBLE", "channel_counts", "match_channels", "positional_counts"]

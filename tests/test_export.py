@@ -339,6 +339,29 @@ def test_imagenet_twin_takes_the_channel_counts():
         match_channels(zoo.create_model("mobilenet_v1", "imagenet"), zoo.create_model("resnet20"))
 
 
+def test_mobilenet_v2_twin_pairs_its_differently_named_layers_in_order():
+    """The zoo's CIFAR MobileNet-V2 and torchvision's ImageNet one name their modules
+    differently: the twin pairs their layers in definition order (kind, kernel, depthwise
+    checked) and takes a pruned model's counts; another architecture is still refused."""
+    from learners.channel_match import channel_counts, match_channels, positional_counts
+    from learners.coupling import coupled_groups, remove_channels
+    from pf_envs import zoo
+    from pf_envs.zoo.twin import imagenet_twin_of
+
+    torch.manual_seed(0)
+    cifar = zoo.create_model("mobilenet_v2").eval()
+    groups = coupled_groups(cifar, torch.zeros(1, 3, 32, 32), ignored=["classifier"])
+    remove_channels(cifar, [(g, range(g.channels // 2, g.channels)) for g in groups[:6]])
+    twin = imagenet_twin_of(cifar, "mobilenet_v2")
+    ref, got = list(channel_counts(cifar).values()), list(channel_counts(twin).values())
+    assert got[:-1] == ref[:-1] and got[-1] == (ref[-1][0], 1000)
+    assert twin(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+    with pytest.raises(ValueError, match="not the same architecture"):
+        positional_counts(zoo.create_model("mobilenet_v2", "imagenet"), zoo.create_model("mobilenet_v1"))
+    with pytest.raises(ValueError, match="not the same architecture"):
+        match_channels(zoo.create_model("mobilenet_v2", "imagenet"), cifar)  # by name: refused
+
+
 def test_a_searched_mixed_precision_policy_is_exported_as_searched(tmp_path):
     """``int8_precisions`` (PruneQuant, QuantORT policies): the int8 model quantizes exactly the
     layers the policy made int8, with the quantizer options the search used; a policy that keeps

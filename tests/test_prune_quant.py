@@ -306,3 +306,10 @@ def test_conv_grid_corrects_layers_for_their_exact_counts(cifar_root):
     ratio = second.grid[(2, 12)][1] / float(np.interp(x, second.xs, second.grid_ref[1]))
     assert u.cost.layer_ms(values)[1] == pytest.approx(plain * ratio)
     env.close()
+
+
+def test_latency_twin_refuses_a_twin_with_other_layer_names(checkpoints, cifar_root):
+    """MobileNet-V2's ImageNet variant (torchvision's) names its layers differently from the zoo's
+    CIFAR one: the table could not price the candidate's layers on it, so it is refused."""
+    with pytest.raises(ValueError, match="names its layers differently"):
+        make("PruneQuant-MobileNetV2-v0", checkpoints, latency_twin=True, latency_widths=2, latency_runs=10)

@@ -31,7 +31,7 @@ def imagenet_twin_of(model: nn.Module, arch: str, *, seed: int = 0) -> nn.Module
         ValueError: ``arch`` has no ImageNet variant in the zoo, or its layers do not match
             ``model``'s.
     """
-    from learners.channel_match import match_channels
+    from learners.channel_match import channel_counts, match_channels
 
     try:
         spec = zoo.get_spec(arch)
@@ -44,7 +44,11 @@ def imagenet_twin_of(model: nn.Module, arch: str, *, seed: int = 0) -> nn.Module
     torch.manual_seed(seed)
     twin = zoo.create_model(spec.name, "imagenet").eval()
     head = [n for n, m in twin.named_modules() if isinstance(m, nn.Linear)][-1:]
-    twin = match_channels(twin, model, example=torch.zeros(1, 3, 64, 64), keep_outputs=tuple(head))
+    # the zoo's CIFAR MobileNet-V2 and torchvision's ImageNet one are the same network under
+    # other module names: their layers are paired in order then
+    same_names = set(channel_counts(twin)) == set(channel_counts(model))
+    twin = match_channels(twin, model, example=torch.zeros(1, 3, 64, 64), keep_outputs=tuple(head),
+                          by_position=not same_names)
     # He init on the pruned widths keeps activations at unit scale through the depth (PyTorch's
     # default init shrinks them to ~1e-11 by the last layer), so the twin's int8 ranges are not
     # degenerate.
