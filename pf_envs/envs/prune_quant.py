@@ -423,8 +423,8 @@ class PruneQuantEnv(ModelCompressionEnv):
             twin_names = {n for n, m in twin_model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))}
             if not set(self.layers) <= twin_names:
                 raise ValueError(f"latency_twin=True: {self.model_name}'s ImageNet variant names its layers "
-                                 f"differently (e.g. {sorted(set(self.layers) - twin_names)[:3]}), so the table cannot price the "
-                                 "candidate's layers on it; leave latency_twin False for this model")
+                                 f"differently (e.g. {sorted(set(self.layers) - twin_names)[:3]}), so the table "
+                                 "cannot price the candidate's layers on it; leave latency_twin False for this model")
             twin = ox.export_onnx(twin_model, Path(self._tmp.name) / "twin.onnx", input_size=self.latency_input_size)
             graph = oq.load_onnx(oq.preprocess(twin, Path(self._tmp.name) / "twin.prep.onnx"))
         self.edges: list[BlockEdge] = block_edges(graph, self.layers)
