@@ -26,7 +26,7 @@ from pf_envs.envs import prune_quant as pq
 
 MODEL_IDS = [i for i in pf_envs.env_ids("PruneQuant") if i != "PruneQuant-v0"]
 SMALL = dict(SMALL_ENV_KWARGS, calibration_images=64, latency_runs=20, latency_widths=3, measure_runs=3,
-             latency_conv_grid=False)  # the per-count grid of ResNet-20 (437 shapes) is tested on a tiny model below
+             latency_conv_grid=False)  # the per-count grid of ResNet-20 (476 shapes) is tested on a tiny model below
 R20 = "PruneQuant-ResNet20-v0"
 
 
@@ -258,6 +258,12 @@ def test_grid_subset_and_bracket():
     # interpolation stays inside a remainder class: 24 (class 8) between 8 and 40, not 16 / 32
     assert pq._bracket([8, 16, 32, 40], 24) == [(8, 0.5), (40, 0.5)]
     assert pq._bracket([8, 16], 4) == [(8, 1.0)] and pq._bracket([8, 16], 48) == [(16, 1.0)]
+    # a pair that was not timed: bilinear within the measured counts (here no same-class count)
+    grid = {(8, 8): (1.0, 10.0), (8, 24): (2.0, 20.0), (24, 8): (3.0, 30.0), (24, 24): (4.0, 40.0)}
+    term = pq.LayerTerm(0, 1, False, 2, (0.5, 1.0), (1.0, 2.0), (1.0, 2.0), (24, 24), grid=grid,
+                        grid_ref=((1.0, 4.0), (10.0, 40.0)))
+    assert term.grid_ms(8, 24, True) == 20.0 and term.grid_ms(16, 16, False) == pytest.approx(2.5)
+    assert term.grid_ms(16, 16, True) == pytest.approx(25.0) == term.grid_ms(16, 16, True)  # cached sides reused
 
 
 def test_conv_shape_and_grid_timing():

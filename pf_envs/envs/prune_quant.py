@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -179,11 +180,26 @@ class LayerTerm:
         hit = self.grid.get((cin, cout))
         if hit is not None:
             return hit[k]
+        ins, outs = self._grid_sides
         if self.depthwise:
-            cs = sorted({a for a, _ in self.grid})
-            return sum(w * self.grid[(c, c)][k] for c, w in _bracket(cs, cin))
-        ins, outs = sorted({a for a, _ in self.grid}), sorted({b for _, b in self.grid})
+            return sum(w * self.grid[(c, c)][k] for c, w in _bracket(ins, cin))
         return sum(wi * wo * self.grid[(ci, co)][k] for ci, wi in _bracket(ins, cin) for co, wo in _bracket(outs, cout))
+
+    @functools.cached_property
+    def _grid_sides(self) -> tuple[list[int], list[int]]:
+        """The timed input and output counts, ascending (computed once: the clamp prices
+        policies many times a step)."""
+        assert self.grid is not None
+        return sorted({a for a, _ in self.grid}), sorted({b for _, b in self.grid})
+
+    @functools.cached_property
+    def _xs_array(self) -> np.ndarray:
+        return np.asarray(self.xs)
+
+    @functools.cached_property
+    def _grid_ref_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        assert self.grid_ref is not None
+        return np.asarray(self.grid_ref[0]), np.asarray(self.grid_ref[1])
 
     def correction(self, r_in: float, r_out: float, x: float, int8: bool) -> float:
         """The factor the interpolated time is multiplied by: the layer's isolated time at its
@@ -192,7 +208,7 @@ class LayerTerm:
         if self.grid is None or self.grid_ref is None:
             return 1.0
         t = self.grid_ms(*self.counts(r_in, r_out), int8)
-        ref = float(np.interp(x, self.xs, self.grid_ref[1 if int8 else 0]))
+        ref = float(np.interp(x, self._xs_array, self._grid_ref_arrays[1 if int8 else 0]))
         return t / ref if t is not None and ref > 0 else 1.0
 
 
