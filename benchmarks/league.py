@@ -20,7 +20,13 @@ best policy is replayed on the real env the dataset was collected on (its settin
 dataset's header, the budget, and ``reward_split=test``, ``reward_samples=N``): the table then
 shows, per agent, the real accuracy of the policies the surrogate ranked best and how far they
 fall from their surrogate score (an agent that exploits the surrogate's errors shows a large
-fall).
+fall). ``--confirm K``: what the surrogate saves, spent on real evaluations: each chosen agent's
+(``--confirm-agents``, default the best one at each budget) K best distinct policies by surrogate
+reward, all seeds pooled, are played on the real env as the dataset's episodes were scored
+(its split and images), and the best of them by that real reward is scored on the test images:
+a researcher's "search on the surrogate, confirm the top on the real env", at K real episodes.
+Real scores are kept in ``LOGDIR/real_scores.jsonl``, so a killed re-score resumes and nothing
+is played twice.
 
 Speed: the league's runs write no TensorBoard curves (``--tensorboard`` turns them on) and TPE
 keeps its study in memory (``tpe:storage=memory``, :data:`LEAGUE_AGENT_KWARGS`; the same trials as
@@ -91,7 +97,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                     agent_kwargs=job["agent_kwargs"], tensorboard=job.get("tensorboard", False))
     rewards = [float(r["reward"]) for r in result.history]
     best = result.best or {}
-    return {**{k: job[k] for k in ("agent", "algo", "seed", "budget", "warmup")}, "rewards": rewards,
+    return {**{k: job[k] for k in ("agent", "algo", "seed", "budget", "warmup", "name")}, "rewards": rewards,
             "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 2),
             "played": len(rewards) - before,
             "best": {"reward": best.get("reward"), "episode": best.get("episode"), "seed": best.get("seed"),
@@ -122,23 +128,170 @@ def at(curve: list[float], n: int) -> float:
     return curve[min(n, len(curve)) - 1]
 
 
-def rescore_real(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, Any]], samples: int) -> None:
-    """Replay each run's best policy on the real env of the surrogate's dataset (test split)."""
-    import gymnasium as gym
+class RealScores:
+    """Real-env accuracies of policies, one JSON line each in ``path`` (flushed as written), so
+    a killed re-score resumes where it stopped and a policy met twice (uniform's one episode
+    in every seed, a policy two agents share) is played once. Keyed by the real env's
+    settings, the budget, the split, the number of images, the policy and its reset seed."""
 
-    probe = gym.make(env_id, **env_kwargs).unwrapped
-    header = probe.data.header
-    bk = header["budget_kwarg"]
-    envs: dict[float, Any] = {}
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.scores: dict[str, dict[str, Any]] = {}
+        if path is not None and path.is_file():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut by a kill
+                    continue
+                self.scores[row["key"]] = row
+
+    @staticmethod
+    def key(config: dict[str, Any], policy: list[float], seed: int | None) -> str:
+        import hashlib
+
+        text = json.dumps({"config": config, "policy": [round(float(v), 9) for v in policy], "seed": seed},
+                          sort_keys=True, default=str)
+        return hashlib.sha1(text.encode()).hexdigest()
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self.scores.get(key)
+
+    def put(self, key: str, row: dict[str, Any]) -> None:
+        self.scores[key] = {"key": key, **row}
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as f:
+                f.write(json.dumps(self.scores[key]) + "\n")
+
+
+class RealEnvs:
+    """The real env of the surrogate's dataset (its settings from the dataset's header) at a
+    budget, a split and a number of images, built once each."""
+
+    def __init__(self, env_id: str, env_kwargs: dict[str, Any]) -> None:
+        import gymnasium as gym
+
+        probe = gym.make(env_id, **env_kwargs).unwrapped
+        self.header = probe.data.header
+        probe.close()
+        self._envs: dict[tuple[float, str, int | None], Any] = {}
+
+    def config(self, budget: float, split: str, samples: int | None) -> dict[str, Any]:
+        kwargs = {**self.header["env_kwargs"], self.header["budget_kwarg"]: budget}
+        if split != "reward":  # "reward": the dataset's own reward configuration (its split and images)
+            kwargs.update(reward_split=split, reward_samples=samples)
+        return {"env_id": self.header["env_id"], "env_kwargs": kwargs}
+
+    def score(self, scores: RealScores, budget: float, split: str, samples: int | None, policy: list[float],
+              seed: int | None) -> dict[str, Any]:
+        """The real accuracy of ``policy`` (cached in ``scores``): ``{"accuracy", "images", ...}``."""
+        import gymnasium as gym
+
+        config = self.config(budget, split, samples)
+        key = scores.key(config, policy, seed)
+        hit = scores.get(key)
+        if hit is not None:
+            return hit
+        k = (budget, split, samples)
+        if k not in self._envs:
+            self._envs[k] = gym.make(config["env_id"], **config["env_kwargs"]).unwrapped
+        t0 = time.time()
+        _, info = self._envs[k].play_policy(policy, seed=seed)
+        row = {"accuracy": float(info["accuracy"]), "images": int(info["reward_samples"]),
+               "flops_ratio": float(info.get("flops_ratio", float("nan"))), "budget": budget, "split": split,
+               "seconds": round(time.time() - t0, 2)}
+        scores.put(key, row)
+        return row
+
+    def close(self) -> None:
+        for env in self._envs.values():
+            env.close()
+
+
+def rescore_real(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, Any]], samples: int,
+                 cache: Path | None = None) -> None:
+    """Replay each run's best policy on the real env of the surrogate's dataset (test split,
+    ``samples`` images); scores are kept in ``cache`` (resumable) and shared between runs."""
+    from tqdm import tqdm
+
+    real, scores = RealEnvs(env_id, env_kwargs), RealScores(cache)
+    for run in tqdm(runs, desc="real re-score of each run's best", unit="run"):
+        row = real.score(scores, run["budget"], "test", samples, run["best"]["policy"], run["best"]["seed"])
+        run["best"]["real"] = row["accuracy"]
+    real.close()
+
+
+def top_policies(logdir: Path, runs: list[dict[str, Any]], agent: str, budget: float, n: int
+                 ) -> list[dict[str, Any]]:
+    """The ``n`` distinct policies with the highest surrogate rewards over all seeds' runs of
+    ``agent`` at ``budget`` (read from their run folders): ``{"policy", "seed", "reward", "run",
+    "episode"}``, best first."""
+    from pf_agents.records import read_run
+    from pf_envs.policy_replay import episode_policy
+
+    found: dict[tuple[float, ...], dict[str, Any]] = {}
     for run in runs:
-        b = run["budget"]
-        if b not in envs:
-            envs[b] = gym.make(header["env_id"], **{**header["env_kwargs"], bk: b, "reward_split": "test",
-                                                    "reward_samples": samples}).unwrapped
-        _, info = envs[b].play_policy(run["best"]["policy"], seed=run["best"]["seed"])
-        run["best"]["real"] = float(info["accuracy"])
-    for env in envs.values():
-        env.close()
+        if run["agent"] != agent or run["budget"] != budget:
+            continue
+        for e in read_run(logdir / run["name"]).episodes:
+            policy = episode_policy(e)
+            key = tuple(round(v, 9) for v in policy)
+            if key not in found or e["reward"] > found[key]["reward"]:
+                found[key] = {"policy": policy, "seed": e.get("seed"), "reward": float(e["reward"]),
+                              "run": run["name"], "episode": e.get("episode")}
+    return sorted(found.values(), key=lambda r: -r["reward"])[:n]
+
+
+def confirm_top(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, Any]], logdir: Path,
+                agents: list[str], budgets: list[float], evaluations: int, test_samples: int,
+                cache: Path | None = None) -> list[dict[str, Any]]:
+    """What the surrogate saves, spent on real evaluations: for each budget and agent, its
+    ``evaluations`` best distinct policies by surrogate reward (all seeds pooled) are played on
+    the real env with the dataset's own reward (its split and images, as a real search scores
+    an episode); the best of them by that real reward is then scored on ``test_samples`` test
+    images. Returns one row per (budget, agent)."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from pf_envs.surrogate_model import spearman
+
+    real, scores = RealEnvs(env_id, env_kwargs), RealScores(cache)
+    out = []
+    for b in budgets:
+        for agent in agents:
+            top = top_policies(logdir, runs, agent, b, evaluations)
+            if not top:
+                continue
+            for t in tqdm(top, desc=f"real scores of {agent}'s top policies at {b}", unit="policy"):
+                t["real"] = real.score(scores, b, "reward", None, t["policy"], t["seed"])["accuracy"]
+            best_i = int(np.argmax([t["real"] for t in top]))
+            best = top[best_i]
+            test = real.score(scores, b, "test", test_samples, best["policy"], best["seed"])
+            sur = np.asarray([t["reward"] for t in top])
+            rea = np.asarray([t["real"] for t in top])
+            out.append({"budget": b, "agent": agent, "evaluations": len(top), "best_real_reward": best["real"],
+                        "its_surrogate_reward": best["reward"], "its_surrogate_rank": best_i + 1,
+                        "run": best["run"], "episode": best["episode"], "policy": best["policy"],
+                        "test_accuracy": test["accuracy"], "test_images": test["images"],
+                        "test_se": math.sqrt(test["accuracy"] * (1 - test["accuracy"]) / test["images"]),
+                        "flops_ratio": test["flops_ratio"],
+                        "spearman_surrogate_real": spearman(sur, rea) if len(top) > 2 else None,
+                        "mean_surrogate_minus_real": float((sur - rea).mean())})
+    real.close()
+    return out
+
+
+def confirm_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| budget | agent | real evaluations (its top policies) | best real reward (its surrogate score, rank) "
+             "| its test accuracy +- se | FLOPs | Spearman surrogate vs real | surrogate - real (mean) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        rho = "-" if r["spearman_surrogate_real"] is None else f"{r['spearman_surrogate_real']:.3f}"
+        lines.append(f"| {r['budget']} | {r['agent']} | {r['evaluations']} | {100 * r['best_real_reward']:.2f} "
+                     f"({100 * r['its_surrogate_reward']:.2f}, #{r['its_surrogate_rank']}) | "
+                     f"{100 * r['test_accuracy']:.2f} +- {100 * r['test_se']:.2f} | {r['flops_ratio']:.3f} | {rho} | "
+                     f"{100 * r['mean_surrogate_minus_real']:+.2f} |")
+    return "\n".join(lines)
 
 
 def plot(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], path: Path) -> None:
@@ -231,9 +384,10 @@ def cost_table(runs: list[dict[str, Any]], agents: list[str], seeds: int, budget
     return "\n".join(lines)
 
 
-def smoke_dataset(path: Path) -> str:
+def smoke_dataset(path: Path, env_kwargs: dict[str, Any] | None = None) -> str:
     """A tiny synthetic ChannelPrune-ResNet20 dataset (for ``--smoke``): random policies on the
-    surrogate's geometry, scored by a smooth function (no images, no training)."""
+    surrogate's geometry, scored by a smooth function (no images, no training). ``env_kwargs``:
+    the real env's settings its header names (default ``ft_iters=0``)."""
     import numpy as np
 
     from pf_agents.episodes import env_settings
@@ -241,8 +395,9 @@ def smoke_dataset(path: Path) -> str:
     from pf_envs.episode_data import EpisodeData, export_npz
 
     real = "ChannelPrune-ResNet20-v0"
-    header = {"format": "pf-episodes/1", "env_id": real, "env_kwargs": {"ft_iters": 0},
-              "env_settings": {k: v for k, v in env_settings(real, {"ft_iters": 0}).items() if k != "flops_budget"},
+    env_kwargs = {"ft_iters": 0} if env_kwargs is None else dict(env_kwargs)
+    header = {"format": "pf-episodes/1", "env_id": real, "env_kwargs": env_kwargs,
+              "env_settings": {k: v for k, v in env_settings(real, env_kwargs).items() if k != "flops_budget"},
               "budget_kwarg": "flops_budget", "reference_budget": 0.5, "model_fingerprint": "smoke",
               "recovery_fingerprint": "smoke", "num_steps": 12, "accuracy_original": 0.9}
     seedling = [{"values": [1.0] * 12, "accuracy": 0.9, "cost_ratio": 1.0, "budget": b, "source": "smoke", "block": 0,
@@ -284,6 +439,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="processes")
     p.add_argument("--rescore", type=int, default=0, metavar="N",
                    help="re-score each run's best policy on the real env, N test images (0: no)")
+    p.add_argument("--confirm", type=int, default=0, metavar="K",
+                   help="spend K real evaluations per agent and budget on its K best policies by surrogate "
+                        "(all seeds pooled), scored as the dataset's episodes were; the best by that real "
+                        "reward is then scored on the --rescore test images (10,000 if --rescore is 0)")
+    p.add_argument("--confirm-agents", nargs="+", default=["best"],
+                   help="agents to confirm (default: best, the agent with the highest mean best at the end "
+                        "of each budget, uniform aside)")
     p.add_argument("--logdir", default="benchmarks/runs/league")
     p.add_argument("--out", default=None, help="JSON file (the PNG goes next to it)")
     p.add_argument("--smoke", action="store_true",
@@ -314,6 +476,9 @@ def main(argv: list[str] | None = None) -> int:
     stray = sorted(set(agent_kwargs) - set(labels))
     if stray:
         p.error(f"--agent-kwargs for {stray}, which --agents does not list ({labels})")
+    unknown_c = sorted(set(args.confirm_agents) - set(labels) - {"best"})
+    if unknown_c:
+        p.error(f"--confirm-agents {unknown_c}: not in --agents ({labels}); or pass best")
     episodes_of: dict[str, int] = {}
     for spec in args.agent_episodes:
         label, _, n = spec.partition("=")
@@ -358,10 +523,25 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = [run_one(j) for j in jobs]
     wall = time.time() - t0
+    cache = Path(args.logdir) / "real_scores.jsonl"
     if args.rescore and not args.smoke:  # the smoke dataset has no real env behind it
-        rescore_real(args.env, env_kwargs, runs, args.rescore)
+        rescore_real(args.env, env_kwargs, runs, args.rescore, cache)
     text = table(runs, labels, args.budgets, args.episodes)
     print(text)
+    confirmed: list[dict[str, Any]] = []
+    if args.confirm and not args.smoke:
+        chosen = [a for a in args.confirm_agents if a != "best"]
+        for b in args.budgets:
+            agents_b = list(chosen)
+            if "best" in args.confirm_agents:
+                finals = {a: interval([max(r["rewards"]) for r in runs if r["agent"] == a and r["budget"] == b])[0]
+                          for a in labels if a != "uniform" and any(r["agent"] == a for r in runs)}
+                if finals:
+                    top_agent = max(finals, key=finals.get)
+                    agents_b += [] if top_agent in agents_b else [top_agent]
+            confirmed += confirm_top(args.env, env_kwargs, runs, Path(args.logdir), agents_b, [b], args.confirm,
+                                     args.rescore or 10_000, cache)
+        print(confirm_table(confirmed))
     cost = cost_table(runs, labels, 10, 2)
     print(cost)
     print(f"{len(jobs)} runs in {wall:.0f} s ({args.workers} worker(s))")
@@ -372,7 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                                    "agents": args.agents, "seeds": args.seeds, "episodes": args.episodes,
                                    "agent_kwargs": agent_kwargs, "agent_episodes": episodes_of,
                                    "wall_s": round(wall, 1), "command": " ".join(sys.argv),
-                                   "table": text, "cost": cost, "runs": runs}, indent=1))
+                                   "table": text, "cost": cost, "confirmed": confirmed,
+                                   "confirm_table": confirm_table(confirmed) if confirmed else None,
+                                   "runs": runs}, indent=1))
         plot(runs, labels, args.budgets, out.with_suffix(".png"))
         print(f"wrote {out} and {out.with_suffix('.png')}")
     if tmp is not None:

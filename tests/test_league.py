@@ -109,3 +109,41 @@ def test_every_named_ddpg_variant_is_a_valid_setting_as_the_league_spells_it():
         back = parse_kwargs(ddpg_diagnosis.spell(kwargs))
         assert back == kwargs, name
         DDPGAgent.check_settings({**DDPGAgent.DEFAULTS, **back})
+
+
+def test_rescore_and_confirm_play_real_policies_once_and_resume(cifar_root, tmp_path, capsys):
+    """``--rescore`` and ``--confirm`` on a tiny dataset whose header names a small real
+    ChannelPrune-ResNet20 configuration: every run's best is played on the real test split, the
+    best agent's top policies on the dataset's own reward, the best of those on test; the
+    scores are kept in the log folder and a second call plays nothing again."""
+    from conftest import SMALL_ENV_KWARGS
+
+    data = league.smoke_dataset(tmp_path / "d.npz", dict(SMALL_ENV_KWARGS, reward_samples=100))
+    out, logdir = tmp_path / "league.json", tmp_path / "runs"
+    argv = ["--env-kwargs", f"data={data},surrogate=hgb", "--agents", "uniform", "random", "--seeds", "2",
+            "--episodes", "4", "--budgets", "0.5", "--rescore", "100", "--confirm", "3", "--logdir", str(logdir),
+            "--out", str(out)]
+    assert league.main(argv) == 0
+    result = json.loads(out.read_text())
+    for r in result["runs"]:
+        assert 0.0 <= r["best"]["real"] <= 1.0
+    (row,) = result["confirmed"]
+    assert row["agent"] == "random" and row["budget"] == 0.5 and row["evaluations"] == 3
+    assert row["test_images"] == 100 and 0.0 <= row["test_accuracy"] <= 1.0
+    top = league.top_policies(logdir, result["runs"], "random", 0.5, 3)
+    assert [t["reward"] for t in top] == sorted((t["reward"] for t in top), reverse=True)
+    assert row["policy"] in [t["policy"] for t in top] and 1 <= row["its_surrogate_rank"] <= 3
+    lines = (logdir / "real_scores.jsonl").read_text().splitlines()
+    # each run's best on test (4 runs), 3 top policies on the reward split, the chosen one on test
+    # (a policy and seed already scored in the same configuration is not played again)
+    assert len(lines) <= 4 + 3 + 1 and len({json.loads(line)["key"] for line in lines}) == len(lines)
+    assert "real evaluations" in capsys.readouterr().out
+    assert league.main(argv) == 0
+    assert (logdir / "real_scores.jsonl").read_text().splitlines() == lines
+    assert json.loads(out.read_text())["confirmed"] == result["confirmed"]
+
+
+def test_confirm_agents_must_be_league_agents(capsys):
+    with pytest.raises(SystemExit):
+        league.main(["--smoke", "--confirm", "3", "--confirm-agents", "sac"])
+    assert "--confirm-agents ['sac']" in capsys.readouterr().err
