@@ -80,11 +80,13 @@ def retrain_and_score(u: Any, env_id: str, env_kwargs: dict[str, Any], name: str
     kw = ",".join(f"{k}={v}" for k, v in {**env_kwargs, "latency_budget": 1.0}.items())
     argv = ["--policy", ",".join(repr(float(v)) for v in values), "--env", env_id, "--env-kwargs", kw,
             "--epochs", str(args.retrain_epochs), "--out", str(out), "--name", name, "--no-tensorboard",
-            "--test-images", str(args.test_images)]
+            "--test-images", str(args.test_images), "--val-images", str(args.val_images)]
     if args.train_images:
         argv += ["--train-images", str(args.train_images)]
     if args.retrain_distill:
         argv.append("--distill")
+    if args.retrain_lr is not None:
+        argv += ["--lr", str(args.retrain_lr)]
     t0 = time.perf_counter()
     if rt.main(argv) != 0:
         raise RuntimeError(f"pf-retrain {' '.join(argv)} failed")
@@ -92,7 +94,8 @@ def retrain_and_score(u: Any, env_id: str, env_kwargs: dict[str, Any], name: str
     acc = int8_test_accuracy(u, model, values, folder)
     return {"policy_name": name, "fp32_test_accuracy": record["metrics"]["test_accuracy"],
             "int8_test_accuracy": acc, "retrain_s": time.perf_counter() - t0,
-            "epochs": args.retrain_epochs, "train_images": args.train_images, "distill": args.retrain_distill}
+            "epochs": args.retrain_epochs, "train_images": args.train_images, "distill": args.retrain_distill,
+            "lr": record["source"]["config"]["lr"]}
 
 
 def main() -> None:
@@ -108,7 +111,9 @@ def main() -> None:
     p.add_argument("--target-speedup", type=float, default=4.0)
     p.add_argument("--retrain-epochs", type=int, default=0, help="0: no re-training (target 1 needs it)")
     p.add_argument("--train-images", type=int, default=None)
+    p.add_argument("--val-images", type=int, default=1000, help="validation images pf-retrain scores each epoch")
     p.add_argument("--retrain-distill", action="store_true")
+    p.add_argument("--retrain-lr", type=float, default=None, help="pf-retrain's peak learning rate (its default: 0.05)")
     p.add_argument("--out", required=True)
     args = p.parse_args()
     torch.set_num_threads(1)

@@ -32,19 +32,19 @@ DATA_DIR = Path(__file__).parent / "surrogate_data"
 #: Shipped datasets: name -> file (in :data:`DATA_DIR`), its sha256 and a release URL (None:
 #: only in the package). ``collect``: the command that rebuilds it (then ``export_npz``).
 DATASETS: dict[str, dict[str, Any]] = {
-    # Snapshots of the collections in progress (2026-12-04, 22:10 UTC): 1,659 of the 3,000 planned
-    # ChannelPrune episodes and 438 of the 3,000 UniformQuant ones. Replace each with the full
+    # ChannelPrune-ResNet20: the full 3,000 episodes (2026-12-05, 00:03 UTC). UniformQuant-ResNet20:
+    # a snapshot of the collection in progress (704 of the 3,000 planned, 2026-12-05 00:10 UTC); replace it with the full
     # dataset (the same command resumes it, then --export) and its sha256.
     "channelprune_resnet20": {
-        "file": "channelprune_resnet20.npz", "episodes": 1659,
-        "sha256": "f8e3c162bf04de7b1b134f076d56ff43e05db20c7cfa444aa12d60fed0c7219e", "url": None,
+        "file": "channelprune_resnet20.npz", "episodes": 3000,
+        "sha256": "fe78525c2049794635163554796614f9ceb40f08a5a6db67bbdb72f3c91c86f3", "url": None,
         "collect": "python scripts/collect_episodes.py --env ChannelPrune-ResNet20-v0 --out "
                    "channelprune_resnet20.jsonl --episodes 3000 --env-kwargs ft_iters=0,reward_samples=2000 "
                    "--threads 1 (then --export pf_envs/surrogate_data/channelprune_resnet20.npz; docs/surrogate.md)",
     },
     "uniformquant_resnet20": {
-        "file": "uniformquant_resnet20.npz", "episodes": 438,
-        "sha256": "0cf0663b2265538090f88ab4b4b249484e7ec364060491244aebaec0f4252e43", "url": None,
+        "file": "uniformquant_resnet20.npz", "episodes": 704,
+        "sha256": "cf56999fbb760b5cdfe7bc8aaa450bf8f98815a34974a00f60cd2d74ba4e0936", "url": None,
         "collect": "python scripts/collect_episodes.py --env UniformQuant-ResNet20-v0 --out "
                    "uniformquant_resnet20.jsonl --episodes 3000 --env-kwargs ft_iters=0,reward_samples=2000 "
                    "--budgets 2.1 2.4 --threads 1 (then --export pf_envs/surrogate_data/uniformquant_resnet20.npz; "

@@ -34,7 +34,7 @@ def test_compare_times_scores_and_retrains(cifar_root, checkpoints, tmp_path, mo
     monkeypatch.setattr(sys, "argv", [
         "prune_quant_compare.py", "--search", str(search), "--uniform-keeps", "0.5", "0.75", "1.0",
         "--test-images", "100", "--rounds", "1", "--runs-per-round", "2", "--retrain-epochs", "1",
-        "--train-images", "256", "--target-speedup", "0", "--out", str(out)])
+        "--train-images", "256", "--val-images", "100", "--target-speedup", "0", "--out", str(out)])
     prune_quant_compare.main()
     result = json.loads(out.read_text())
     rows = result["rows"]
