@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import sys
 import tempfile
 import time
@@ -165,15 +166,13 @@ class RealScores:
 
 
 class RealEnvs:
-    """The real env of the surrogate's dataset (its settings from the dataset's header) at a
-    budget, a split and a number of images, built once each."""
+    """The real env of the surrogate's dataset (its settings from the dataset's ``header``) at a
+    budget, a split and a number of images, each built once, and the accuracies it gave, kept in
+    ``cache`` (:class:`RealScores`): the re-score and the confirmation share both."""
 
-    def __init__(self, env_id: str, env_kwargs: dict[str, Any]) -> None:
-        import gymnasium as gym
-
-        probe = gym.make(env_id, **env_kwargs).unwrapped
-        self.header = probe.data.header
-        probe.close()
+    def __init__(self, header: dict[str, Any], cache: Path | None = None) -> None:
+        self.header = header
+        self.scores = RealScores(cache)
         self._envs: dict[tuple[float, str, int | None], Any] = {}
 
     def config(self, budget: float, split: str, samples: int | None) -> dict[str, Any]:
@@ -182,14 +181,14 @@ class RealEnvs:
             kwargs.update(reward_split=split, reward_samples=samples)
         return {"env_id": self.header["env_id"], "env_kwargs": kwargs}
 
-    def score(self, scores: RealScores, budget: float, split: str, samples: int | None, policy: list[float],
+    def score(self, budget: float, split: str, samples: int | None, policy: list[float],
               seed: int | None) -> dict[str, Any]:
-        """The real accuracy of ``policy`` (cached in ``scores``): ``{"accuracy", "images", ...}``."""
+        """The real accuracy of ``policy`` (cached): ``{"accuracy", "images", ...}``."""
         import gymnasium as gym
 
         config = self.config(budget, split, samples)
-        key = scores.key(config, policy, seed)
-        hit = scores.get(key)
+        key = self.scores.key(config, policy, seed)
+        hit = self.scores.get(key)
         if hit is not None:
             return hit
         k = (budget, split, samples)
@@ -200,25 +199,23 @@ class RealEnvs:
         row = {"accuracy": float(info["accuracy"]), "images": int(info["reward_samples"]),
                "flops_ratio": float(info.get("flops_ratio", float("nan"))), "budget": budget, "split": split,
                "seconds": round(time.time() - t0, 2)}
-        scores.put(key, row)
+        self.scores.put(key, row)
         return row
 
     def close(self) -> None:
         for env in self._envs.values():
             env.close()
+        self._envs.clear()
 
 
-def rescore_real(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, Any]], samples: int,
-                 cache: Path | None = None) -> None:
+def rescore_real(real: RealEnvs, runs: list[dict[str, Any]], samples: int) -> None:
     """Replay each run's best policy on the real env of the surrogate's dataset (test split,
-    ``samples`` images); scores are kept in ``cache`` (resumable) and shared between runs."""
+    ``samples`` images)."""
     from tqdm import tqdm
 
-    real, scores = RealEnvs(env_id, env_kwargs), RealScores(cache)
     for run in tqdm(runs, desc="real re-score of each run's best", unit="run"):
-        row = real.score(scores, run["budget"], "test", samples, run["best"]["policy"], run["best"]["seed"])
+        row = real.score(run["budget"], "test", samples, run["best"]["policy"], run["best"]["seed"])
         run["best"]["real"] = row["accuracy"]
-    real.close()
 
 
 def top_policies(logdir: Path, runs: list[dict[str, Any]], agent: str, budget: float, n: int
@@ -242,9 +239,8 @@ def top_policies(logdir: Path, runs: list[dict[str, Any]], agent: str, budget: f
     return sorted(found.values(), key=lambda r: -r["reward"])[:n]
 
 
-def confirm_top(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, Any]], logdir: Path,
-                agents: list[str], budgets: list[float], evaluations: int, test_samples: int,
-                cache: Path | None = None) -> list[dict[str, Any]]:
+def confirm_top(real: RealEnvs, runs: list[dict[str, Any]], logdir: Path, agents: list[str],
+                budgets: list[float], evaluations: int, test_samples: int) -> list[dict[str, Any]]:
     """What the surrogate saves, spent on real evaluations: for each budget and agent, its
     ``evaluations`` best distinct policies by surrogate reward (all seeds pooled) are played on
     the real env with the dataset's own reward (its split and images, as a real search scores
@@ -255,7 +251,6 @@ def confirm_top(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, An
 
     from pf_envs.surrogate_model import spearman
 
-    real, scores = RealEnvs(env_id, env_kwargs), RealScores(cache)
     out = []
     for b in budgets:
         for agent in agents:
@@ -263,10 +258,10 @@ def confirm_top(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, An
             if not top:
                 continue
             for t in tqdm(top, desc=f"real scores of {agent}'s top policies at {b}", unit="policy"):
-                t["real"] = real.score(scores, b, "reward", None, t["policy"], t["seed"])["accuracy"]
+                t["real"] = real.score(b, "reward", None, t["policy"], t["seed"])["accuracy"]
             best_i = int(np.argmax([t["real"] for t in top]))
             best = top[best_i]
-            test = real.score(scores, b, "test", test_samples, best["policy"], best["seed"])
+            test = real.score(b, "test", test_samples, best["policy"], best["seed"])
             sur = np.asarray([t["reward"] for t in top])
             rea = np.asarray([t["real"] for t in top])
             out.append({"budget": b, "agent": agent, "evaluations": len(top), "best_real_reward": best["real"],
@@ -277,7 +272,6 @@ def confirm_top(env_id: str, env_kwargs: dict[str, Any], runs: list[dict[str, An
                         "flops_ratio": test["flops_ratio"],
                         "spearman_surrogate_real": spearman(sur, rea) if len(top) > 2 else None,
                         "mean_surrogate_minus_real": float((sur - rea).mean())})
-    real.close()
     return out
 
 
@@ -523,25 +517,28 @@ def main(argv: list[str] | None = None) -> int:
     else:
         runs = [run_one(j) for j in jobs]
     wall = time.time() - t0
-    cache = Path(args.logdir) / "real_scores.jsonl"
-    if args.rescore and not args.smoke:  # the smoke dataset has no real env behind it
-        rescore_real(args.env, env_kwargs, runs, args.rescore, cache)
+    # the smoke dataset has no real env behind it
+    real = RealEnvs(probe.data.header, Path(args.logdir) / "real_scores.jsonl") if not args.smoke else None
+    if args.rescore and real is not None:
+        rescore_real(real, runs, args.rescore)
     text = table(runs, labels, args.budgets, args.episodes)
     print(text)
     confirmed: list[dict[str, Any]] = []
-    if args.confirm and not args.smoke:
+    if args.confirm and real is not None:
         chosen = [a for a in args.confirm_agents if a != "best"]
         for b in args.budgets:
             agents_b = list(chosen)
             if "best" in args.confirm_agents:
-                finals = {a: interval([max(r["rewards"]) for r in runs if r["agent"] == a and r["budget"] == b])[0]
+                finals = {a: statistics.fmean(max(r["rewards"]) for r in runs if r["agent"] == a and r["budget"] == b)
                           for a in labels if a != "uniform" and any(r["agent"] == a for r in runs)}
                 if finals:
                     top_agent = max(finals, key=finals.get)
                     agents_b += [] if top_agent in agents_b else [top_agent]
-            confirmed += confirm_top(args.env, env_kwargs, runs, Path(args.logdir), agents_b, [b], args.confirm,
-                                     args.rescore or 10_000, cache)
+            confirmed += confirm_top(real, runs, Path(args.logdir), agents_b, [b], args.confirm,
+                                     args.rescore or 10_000)
         print(confirm_table(confirmed))
+    if real is not None:
+        real.close()
     cost = cost_table(runs, labels, 10, 2)
     print(cost)
     print(f"{len(jobs)} runs in {wall:.0f} s ({args.workers} worker(s))")

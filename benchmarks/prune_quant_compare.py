@@ -44,19 +44,12 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from prune_quant_latency import timed_model
 
 import pf_envs  # noqa: F401
 from learners import onnx_export as ox
 from learners.ort_latency import interleaved_end_to_end
 from pf_agents.cli import parse_kwargs
-
-
-def uniform_values(u: Any, keep: float, precision: float) -> list[float]:
-    """The unit values of uniform pruning at ``keep`` (rounded per group as the env rounds) with
-    every layer at ``precision``."""
-    from pf_envs.envs.prune_quant import KEEP
-
-    return [u._round_group(i, keep) if k == KEEP else precision for k, i in u.units]
 
 
 def int8_test_accuracy(u: Any, model: torch.nn.Module, values: list[float], folder: Path) -> float:
@@ -128,7 +121,7 @@ def main() -> None:
     env = gym.make(env_id, **{**env_kwargs, "latency_budget": 1.0, "reward_split": "test",
                               "reward_samples": args.test_images})
     u = env.unwrapped
-    policies: dict[str, list[float]] = {"dense-fp32": uniform_values(u, 1.0, FP32)}
+    policies: dict[str, list[float]] = {"dense-fp32": u.uniform_policy(1.0, FP32)}
     searched: dict[str, dict[str, Any]] = {}
     for r in search["rows"]:
         name = f"{r['agent']}-seed{r['seed']}-b{r['budget']}"
@@ -137,7 +130,7 @@ def main() -> None:
     uniform: dict[str, float] = {}
     seen: set[tuple[float, ...]] = set()
     for keep in sorted(set(args.uniform_keeps) | {0.5}):
-        values = uniform_values(u, keep, INT8)
+        values = u.uniform_policy(keep, INT8)
         if tuple(values) in seen:
             continue
         seen.add(tuple(values))
@@ -148,13 +141,7 @@ def main() -> None:
           flush=True)
     with tempfile.TemporaryDirectory(prefix="pf-pq-compare-") as tmp:
         folder = Path(tmp)
-        paths = {}
-        for name, values in policies.items():
-            if u.latency_twin:
-                paths[name] = u.write_latency_model(values, folder / f"{name}.onnx")
-            else:
-                pruned, _ = u.pruner.prune(u.keep_counts(values))
-                paths[name] = u.quantize_candidate(pruned.eval(), values, folder / f"{name}.onnx")
+        paths = {name: timed_model(u, values, folder / f"{name}.onnx", False) for name, values in policies.items()}
         timed = interleaved_end_to_end(paths, threads=u.threads, batch=u.latency_table["batch"], rounds=args.rounds,
                                        runs=args.rounds * args.runs_per_round)
         dense_ms = timed["dense-fp32"].min_ms
@@ -214,7 +201,8 @@ def main() -> None:
               f"{'' if uni is None else f'{100 * uni:.2f}':>11}{'' if mar is None else f'{100 * mar:+.2f}':>8}")
     for r in retrained:
         print(f"re-trained ({r['epochs']} epochs, {r['train_images'] or 'all'} images): {r['policy_name']} at "
-              f"{r['speedup']:.2f}x: int8 test {100 * r['int8_test_accuracy']:.2f}% (fp32 {100 * r['fp32_test_accuracy']:.2f}%)")
+              f"{r['speedup']:.2f}x: int8 test {100 * r['int8_test_accuracy']:.2f}% "
+              f"(fp32 {100 * r['fp32_test_accuracy']:.2f}%)")
     load_after = os.getloadavg()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -44,12 +44,10 @@ from learners.ort_latency import interleaved_end_to_end
 
 def policies_for(u, n: int, seed: int) -> dict[str, list[float]]:
     """``{name: unit values}``: dense fp32, dense int8, uniform 50% int8, and ``n`` random ones."""
-    from pf_envs.envs.prune_quant import FP32, INT8, KEEP
+    from pf_envs.envs.prune_quant import FP32, INT8
 
-    def uniform(keep: float, bits: float) -> list[float]:
-        return [u._round_group(i, keep) if k == KEEP else bits for k, i in u.units]
-
-    out = {"dense-fp32": uniform(1.0, FP32), "dense-int8": uniform(1.0, INT8), "uniform50-int8": uniform(0.5, INT8)}
+    out = {"dense-fp32": u.uniform_policy(1.0, FP32), "dense-int8": u.uniform_policy(1.0, INT8),
+           "uniform50-int8": u.uniform_policy(0.5, INT8)}
     rng = np.random.default_rng(seed)
     for i in range(n):
         actions = rng.uniform(-1, 1, u.num_steps)
@@ -58,6 +56,16 @@ def policies_for(u, n: int, seed: int) -> dict[str, list[float]]:
             *_, info = u.step(np.array([a], np.float32))
         out[f"random{i:02d}"] = list(info["policy"])
     return out
+
+
+def timed_model(u, values: list[float], path: Path, latency_models: bool) -> Path:
+    """The ONNX model of ``values`` to time: the env's latency model (its 224x224 twin under
+    ``latency_twin``) with ``latency_models``, else the candidate as the env builds it (pruned,
+    then quantized with the policy's precisions)."""
+    if latency_models or u.latency_twin:
+        return u.write_latency_model(values, path)
+    pruned, _ = u.pruner.prune(u.keep_counts(values))
+    return u.quantize_candidate(pruned.eval(), values, path)
 
 
 def main() -> None:
@@ -94,11 +102,7 @@ def main() -> None:
         paths = {}
         twin = args.latency_models or u.latency_twin
         for name, values in policies.items():
-            if twin:
-                paths[name] = u.write_latency_model(values, Path(tmp) / f"{name}.onnx")
-            else:
-                pruned, _ = u.pruner.prune(u.keep_counts(values))
-                paths[name] = u.quantize_candidate(pruned.eval(), values, Path(tmp) / f"{name}.onnx")
+            paths[name] = timed_model(u, values, Path(tmp) / f"{name}.onnx", twin)
         print(f"built {len(paths)} models; timing {args.rounds} interleaved rounds x {args.runs_per_round} runs",
               flush=True)
         timed = interleaved_end_to_end(paths, threads=u.threads, batch=u.latency_table["batch"], rounds=args.rounds,

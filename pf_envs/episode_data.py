@@ -33,8 +33,8 @@ DATA_DIR = Path(__file__).parent / "surrogate_data"
 #: only in the package). ``collect``: the command that rebuilds it (then ``export_npz``).
 DATASETS: dict[str, dict[str, Any]] = {
     # ChannelPrune-ResNet20: the full 3,000 episodes (2026-12-05, 00:03 UTC). UniformQuant-ResNet20:
-    # a snapshot of the collection in progress (704 of the 3,000 planned, 2026-12-05 00:10 UTC); replace it with the full
-    # dataset (the same command resumes it, then --export) and its sha256.
+    # a snapshot of the collection in progress (704 of the 3,000 planned, 2026-12-05 00:10 UTC);
+    # replace it with the full dataset (the same command resumes it, then --export) and its sha256.
     "channelprune_resnet20": {
         "file": "channelprune_resnet20.npz", "episodes": 3000,
         "sha256": "fe78525c2049794635163554796614f9ceb40f08a5a6db67bbdb72f3c91c86f3", "url": None,

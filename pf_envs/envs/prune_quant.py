@@ -49,7 +49,7 @@ import shutil
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -587,7 +587,7 @@ class PruneQuantEnv(ModelCompressionEnv):
         samples = []
         for key, w, name in mixes:
             pattern = self.MIX_PATTERNS[name]
-            values = self._uniform_values(w, lambda li, f=pattern: INT8 if f(li) else FP32)
+            values = self.uniform_policy(w, lambda li, f=pattern: INT8 if f(li) else FP32)
             n, elements = plain.boundaries(values)
             samples.append({"model": key, "width": float(w), "measured_ms": float(timed[key].min_ms),
                             "layers_ms": float(plain(values)), "boundaries": int(n), "elements": float(elements)})
@@ -654,10 +654,13 @@ class PruneQuantEnv(ModelCompressionEnv):
                                  progress=lambda done, _n: bar.update(done - bar.n))
         return {sh.key(): [float(a), float(b)] for sh, (a, b) in timed.items()}
 
-    def _uniform_values(self, width: float, precision) -> list[float]:
-        """The unit values of every group at ``width`` and layer ``li`` at ``precision(li)``."""
+    def uniform_policy(self, width: float, precision: float | Callable[[int], float]) -> list[float]:
+        """The policy (unit values) that keeps every group at ``width`` (rounded as a keep step
+        rounds it) with every layer at ``precision`` (``INT8`` / ``FP32``), or layer ``li`` at
+        ``precision(li)``: uniform pruning + one precision, the baseline the searches face."""
         ratios = self._group_ratios(width)
-        return [ratios[i] if k == KEEP else precision(i) for k, i in self.units]
+        of = precision if callable(precision) else (lambda _li: float(precision))
+        return [ratios[i] if k == KEEP else of(i) for k, i in self.units]
 
     def _cost(self, table: dict[str, Any]) -> PruneQuantLatency:
         grid_ms = table.get("conv_grid")
