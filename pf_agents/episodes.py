@@ -356,8 +356,14 @@ def collect(
     command: str | None = None,
     progress: bool = True,
     runs_dir: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    threads: int | None = None,
 ) -> int:
     """Collect (or continue collecting) ``episodes`` scored episodes of ``env_id`` into ``out``.
+
+    With ``workers > 1`` the plan's blocks are played by that many processes at once (each
+    builds its own env; the calling process alone writes the file): the dataset holds the same
+    episodes as a one-process collection of the same plan, in another order.
 
     Args:
         env_id: a registered env id.
@@ -369,6 +375,8 @@ def collect(
         command: the command line recorded in the header (default: this process's).
         progress: show a progress bar.
         runs_dir: parent of the harvested searches' run folders (default ``<out>.runs``).
+        workers: processes playing blocks (one a core; 1: this process plays them).
+        threads: torch threads of each worker process (default: torch's).
 
     Returns:
         The number of records the dataset holds.
@@ -379,11 +387,11 @@ def collect(
         DamagedDatasetError: a damaged line before the last.
         DatasetLockedError: another process is writing ``out``.
     """
-    from pf_agents.search import make_env, search
-
     env_kwargs = dict(env_kwargs or {})
     plan = plan or Plan()
     out = Path(out)
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     bk = budget_kwarg(env_id)
     if bk in env_kwargs:
         raise ValueError(f"{bk} is drawn per block from the plan's budgets; leave it out of env_kwargs")
@@ -414,53 +422,179 @@ def collect(
         bar = tqdm(total=episodes, initial=min(count[0], episodes), desc=f"episodes of {env_id}", unit="ep",
                    dynamic_ncols=True)
 
-    failures = 0
+    def sink(rec: dict[str, Any]) -> bool:
+        seen = done.setdefault(int(rec["block"]), set())
+        if rec["seed"] in seen:
+            return False
+        writer.append(rec)
+        seen.add(int(rec["seed"]))
+        count[0] += 1
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(block=rec["block"], src=rec["source"], budget=rec["budget"],
+                            reward=f"{rec['reward']:.4f}", s=f"{rec['wall_s']:.1f}")
+        return True
+
     try:
-        b = 0
-        while count[0] < episodes:
-            block = plan.block(b)
-            seen = done.setdefault(b, set())
-            b += 1
-            if len(seen) >= block.episodes:
-                continue
-
-            def sink(rec: dict[str, Any], seen: set[int] = seen) -> bool:
-                if rec["seed"] in seen:
-                    return False
-                writer.append(rec)
-                seen.add(int(rec["seed"]))
-                count[0] += 1
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(block=rec["block"], src=rec["source"], budget=rec["budget"],
-                                    reward=f"{rec['reward']:.4f}", s=f"{rec['wall_s']:.1f}")
-                return True
-
-            env = DatasetTap(make_env(env_id, {**env_kwargs, bk: block.budget}), block, sink)
-            try:
-                remaining = episodes - count[0]
-                if block.source in PLAIN_SOURCES:
-                    play_block(env, block, seen, remaining)
-                else:
-                    name = f"block{block.index:05d}__{block.source}"
-                    total = min(block.episodes, len(seen) + remaining)
-                    search(env, agent=block.source, episodes=total, seed=block.seed, logdir=runs, run_name=name,
-                           resume=(runs / name / "config.json").exists(), progress=False,
-                           agent_kwargs=SEARCH_AGENT_KWARGS.get(block.source, {}))
-                failures = 0
-            except Exception as exc:  # one block's failure (an agent's crash) must not end hours of collection
-                failures += 1
-                print(f"block {block.index} ({block.source} at {block.budget}) failed: {type(exc).__name__}: {exc}; "
-                      "skipped (a resumed collection tries it again)", file=sys.stderr, flush=True)
-                if failures >= MAX_FAILED_BLOCKS:
-                    raise
-            finally:
-                env.close()
+        if workers > 1:
+            _collect_parallel(env_id, env_kwargs, bk, plan, episodes, runs, done, count, sink, workers, threads)
+        else:
+            _collect_serial(env_id, env_kwargs, bk, plan, episodes, runs, done, count, sink)
     finally:
         if bar is not None:
             bar.close()
         writer.close()
     return count[0]
+
+
+def play_plan_block(env_id: str, env_kwargs: dict[str, Any], budget_key: str, block: Block, seen: set[int],
+                    remaining: int, runs: Path, sink: Callable[[dict[str, Any]], bool]) -> None:
+    """Play up to ``remaining`` new episodes of ``block`` on a fresh env, each scored episode
+    handed to ``sink``: a random/jitter block through :func:`play_block`, an agent's block as a
+    short search (its run folder under ``runs``, resumed if it is there)."""
+    from pf_agents.search import make_env, search
+
+    env = DatasetTap(make_env(env_id, {**env_kwargs, budget_key: block.budget}), block, sink)
+    try:
+        if block.source in PLAIN_SOURCES:
+            play_block(env, block, seen, remaining)
+        else:
+            name = f"block{block.index:05d}__{block.source}"
+            total = min(block.episodes, len(seen) + remaining)
+            search(env, agent=block.source, episodes=total, seed=block.seed, logdir=runs, run_name=name,
+                   resume=(runs / name / "config.json").exists(), progress=False,
+                   agent_kwargs=SEARCH_AGENT_KWARGS.get(block.source, {}))
+    finally:
+        env.close()
+
+
+def _block_failed(block: Block, error: str) -> None:
+    print(f"block {block.index} ({block.source} at {block.budget}) failed: {error}; "
+          "skipped (a resumed collection tries it again)", file=sys.stderr, flush=True)
+
+
+def _collect_serial(env_id: str, env_kwargs: dict[str, Any], bk: str, plan: Plan, episodes: int, runs: Path,
+                    done: dict[int, set[int]], count: list[int], sink: Callable[[dict[str, Any]], bool]) -> None:
+    failures, b = 0, 0
+    while count[0] < episodes:
+        block = plan.block(b)
+        seen = done.setdefault(b, set())
+        b += 1
+        if len(seen) >= block.episodes:
+            continue
+        try:
+            play_plan_block(env_id, env_kwargs, bk, block, seen, episodes - count[0], runs, sink)
+            failures = 0
+        except Exception as exc:  # one block's failure (an agent's crash) must not end hours of collection
+            failures += 1
+            _block_failed(block, f"{type(exc).__name__}: {exc}")
+            if failures >= MAX_FAILED_BLOCKS:
+                raise
+
+
+# -- several processes ------------------------------------------------------------------------------
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(queue: Any, threads: int | None, parent: int) -> None:
+    _WORKER.update(queue=queue, parent=parent)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _worker_block(env_id: str, env_kwargs: dict[str, Any], bk: str, block: Block, seen: frozenset[int],
+                  remaining: int, runs: str) -> tuple[int, str | None]:
+    """A worker process plays one block; each record goes to the writer through the queue.
+    Returns the records sent and the block's error (None when it played through)."""
+    local, sent = set(seen), [0]
+
+    def send(rec: dict[str, Any]) -> bool:
+        if os.getppid() != _WORKER["parent"]:  # the collector died: stop, nobody writes what we play
+            os._exit(3)
+        if rec["seed"] in local:
+            return False
+        local.add(int(rec["seed"]))
+        _WORKER["queue"].put(rec)
+        sent[0] += 1
+        return True
+
+    try:
+        play_plan_block(env_id, env_kwargs, bk, block, local, remaining, Path(runs), send)
+        return sent[0], None
+    except Exception as exc:  # reported to the collector, which counts failures in a row
+        return sent[0], f"{type(exc).__name__}: {exc}"
+
+
+def _collect_parallel(env_id: str, env_kwargs: dict[str, Any], bk: str, plan: Plan, episodes: int, runs: Path,
+                      done: dict[int, set[int]], count: list[int], sink: Callable[[dict[str, Any]], bool],
+                      workers: int, threads: int | None) -> None:
+    """Blocks in plan order to ``workers`` processes; their records written here as they come.
+
+    A block is reserved the episodes a one-process collection would give it (what is left of
+    the total after the blocks before it); a block that plays fewer hands its reservation back
+    once all its records have arrived (a result and the records travel by different pipes)."""
+    import multiprocessing as mp
+    import queue as queue_mod
+    from concurrent.futures import Future, ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    ctx = mp.get_context("spawn")  # no forked torch state in the workers
+    records = ctx.Queue()
+    received: dict[int, int] = {}
+    inflight: dict[Future, tuple[Block, int]] = {}
+    finished: dict[int, tuple[Block, int]] = {}  # block index -> (block, records it sent)
+    failures, b = 0, 0
+
+    def outstanding() -> int:
+        return (sum(r - received.get(blk.index, 0) for blk, r in inflight.values())
+                + sum(n - received.get(i, 0) for i, (blk, n) in finished.items()))
+
+    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                               initargs=(records, threads, os.getpid()))
+    try:
+        while True:
+            while len(inflight) < workers and count[0] + outstanding() < episodes:
+                block = plan.block(b)
+                seen = done.setdefault(b, set())
+                b += 1
+                if len(seen) >= block.episodes:
+                    continue
+                r = min(block.episodes - len(seen), episodes - count[0] - outstanding())
+                fut = pool.submit(_worker_block, env_id, env_kwargs, bk, block, frozenset(seen), r, str(runs))
+                inflight[fut] = (block, r)
+            if not inflight and not finished:
+                break
+            try:
+                rec = records.get(timeout=0.5)
+            except queue_mod.Empty:
+                rec = None
+            if rec is not None:
+                received[int(rec["block"])] = received.get(int(rec["block"]), 0) + 1
+                sink(rec)
+            for fut in [f for f in inflight if f.done()]:
+                block, _ = inflight.pop(fut)
+                try:
+                    sent, error = fut.result()
+                except BrokenProcessPool as exc:
+                    raise RuntimeError(f"a worker process died playing block {block.index} ({exc}); "
+                                       "run the collection again to resume it") from exc
+                finished[block.index] = (block, sent)
+                if error is None:
+                    failures = 0
+                else:
+                    failures += 1
+                    _block_failed(block, error)
+                    if failures >= MAX_FAILED_BLOCKS:
+                        raise RuntimeError(f"{MAX_FAILED_BLOCKS} blocks failed in a row, the last: {error}")
+            for i in [i for i, (blk, n) in finished.items() if received.get(i, 0) >= n]:
+                del finished[i]
+    finally:
+        if inflight:  # stopped by an error or Ctrl-C: don't wait for the blocks in flight
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                proc.terminate()
+        pool.shutdown(wait=not inflight, cancel_futures=True)
 
 
 # -- the CLI --------------------------------------------------------------------------------------
@@ -483,7 +617,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-episodes", type=int, default=DEFAULT_SEARCH_EPISODES, help="episodes per search block")
     p.add_argument("--seed", type=int, default=0, help="plan seed")
     p.add_argument("--note", default="", help="free text recorded in the header")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads of each process (default: torch's)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes playing blocks at once (one a core); the dataset is the same as with one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--export", default=None, metavar="NPZ",
                    help="collect nothing: pack the dataset at --out into this compressed .npz (the shipped format) "
@@ -515,13 +651,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.episodes < 1:
         p.error(f"--episodes must be positive, got {args.episodes}")
+    if args.workers < 1:
+        p.error(f"--workers must be at least 1, got {args.workers}")
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     try:
         n = collect(args.env, args.out, args.episodes, env_kwargs=env_kwargs, plan=plan, note=args.note,
-                    progress=not args.no_progress)
+                    progress=not args.no_progress, workers=args.workers, threads=args.threads)
     except (ValueError, DatasetLockedError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

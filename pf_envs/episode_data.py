@@ -31,6 +31,8 @@ DATA_DIR = Path(__file__).parent / "surrogate_data"
 
 #: Shipped datasets: name -> file (in :data:`DATA_DIR`), its sha256 and a release URL (None:
 #: only in the package). ``collect``: the command that rebuilds it (then ``export_npz``).
+#: ``family``: the surrogate envs' default regressor on it (the best by held-out error on it:
+#: ``benchmarks/surrogate_quality.py``, docs/surrogate.md).
 DATASETS: dict[str, dict[str, Any]] = {
     # ChannelPrune-ResNet20: the full 3,000 episodes (2026-12-05, 00:03 UTC). UniformQuant-ResNet20:
     # a snapshot of the collection in progress (704 of the 3,000 planned, 2026-12-05 00:10 UTC);
@@ -38,6 +40,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     "channelprune_resnet20": {
         "file": "channelprune_resnet20.npz", "episodes": 3000,
         "sha256": "fe78525c2049794635163554796614f9ceb40f08a5a6db67bbdb72f3c91c86f3", "url": None,
+        "family": "gp_warped",
         "collect": "python scripts/collect_episodes.py --env ChannelPrune-ResNet20-v0 --out "
                    "channelprune_resnet20.jsonl --episodes 3000 --env-kwargs ft_iters=0,reward_samples=2000 "
                    "--threads 1 (then --export pf_envs/surrogate_data/channelprune_resnet20.npz; docs/surrogate.md)",
@@ -45,6 +48,7 @@ DATASETS: dict[str, dict[str, Any]] = {
     "uniformquant_resnet20": {
         "file": "uniformquant_resnet20.npz", "episodes": 704,
         "sha256": "cf56999fbb760b5cdfe7bc8aaa450bf8f98815a34974a00f60cd2d74ba4e0936", "url": None,
+        "family": "gp_warped",
         "collect": "python scripts/collect_episodes.py --env UniformQuant-ResNet20-v0 --out "
                    "uniformquant_resnet20.jsonl --episodes 3000 --env-kwargs ft_iters=0,reward_samples=2000 "
                    "--budgets 2.1 2.4 --threads 1 (then --export pf_envs/surrogate_data/uniformquant_resnet20.npz; "

@@ -131,3 +131,14 @@ def test_a_failing_block_is_skipped_and_three_in_a_row_stop(tmp_path, monkeypatc
     monkeypatch.setattr(ep, "play_block", lambda *a: (_ for _ in ()).throw(RuntimeError("always")))
     with pytest.raises(RuntimeError, match="always"):
         collect("Toy-v0", tmp_path / "b.jsonl", 4, plan=plan, progress=False)
+
+
+def test_several_workers_collect_what_one_process_would(tmp_path):
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    collect("Toy-v0", one, 23, env_kwargs={"units": 5}, plan=PLAN, progress=False)
+    collect("Toy-v0", two, 9, env_kwargs={"units": 5}, plan=PLAN, progress=False, workers=2)  # stops in a block
+    assert len(read_dataset(two)[1]) == 9
+    assert collect("Toy-v0", two, 23, env_kwargs={"units": 5}, plan=PLAN, progress=False, workers=3) == 23
+    assert keys(read_dataset(two)[1]) == keys(read_dataset(one)[1])
+    with pytest.raises(ValueError, match="workers"):
+        collect("Toy-v0", two, 23, plan=PLAN, progress=False, workers=0)

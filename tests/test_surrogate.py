@@ -110,6 +110,20 @@ def test_budget_outside_the_data_and_unknown_kwargs(data):
         SurrogateChannelPruneEnv(data).compressed_model()
 
 
+def test_budgets_the_plan_drew_from_are_covered(data):
+    """A budget inside the range the collection's plan drew budgets from is accepted, though no
+    block drew exactly the range's end; one outside is not."""
+    lo = float(np.min(data.budget))
+    with pytest.raises(ValueError, match="outside the budgets"):
+        SurrogateChannelPruneEnv(data, flops_budget=lo - 0.01)
+    planned = EpisodeData.from_records({**data.header, "plan": {"budgets": [lo - 0.02, 0.8]}}, [
+        {k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in zip(
+            ("values", "accuracy", "reward", "cost_ratio", "budget", "source", "block", "seed"),
+            (data.values[i], data.accuracy[i], data.reward[i], data.cost_ratio[i], data.budget[i],
+             str(data.source[i]), int(data.block[i]), int(data.seed[i])))} for i in range(len(data))])
+    assert SurrogateChannelPruneEnv(planned, flops_budget=lo - 0.01, surrogate="gp").budget == pytest.approx(lo - 0.01)
+
+
 def test_reward_function_applies_to_the_prediction(data):
     env = SurrogateChannelPruneEnv(data, flops_budget=0.5, reward="acc_log_flops")
     reward, info = env.play_policy([0.5] * 12)
@@ -157,6 +171,22 @@ def test_regressor_families_fit_and_rank(family, data):
     from scipy.stats import spearmanr
 
     assert spearmanr(mean, data.accuracy[te]).statistic > 0.6  # a smooth target: every family ranks it
+
+
+def test_hgb_packed_trees_predict_as_scikit_learn(data):
+    """hgb walks its members' trees in numpy: the same predictions as each member's predict."""
+    from pf_envs.surrogate_model import HGBSurrogate
+
+    model = make_regressor("hgb", 0, members=3, max_iter=40).fit(data.values, data.cost_ratio, data.accuracy)
+    assert isinstance(model, HGBSurrogate)
+    x = model.features(data.values, data.cost_ratio)
+    x[:5] += 0.5  # beyond the training range too
+    members = np.stack([m.predict(x) for m in model.members])
+    mean, std = model._predict(x)
+    np.testing.assert_allclose(mean, members.mean(0), atol=1e-12)
+    np.testing.assert_allclose(std, members.std(0), atol=1e-12)
+    one, _ = model._predict(x[7:8])
+    assert one[0] == pytest.approx(mean[7], abs=1e-12)
 
 
 def test_holdout_scores(data):
@@ -248,6 +278,20 @@ def test_default_family_is_the_warped_gp(env, data):
     assert default.family == "gp_warped" and default.recovery_fingerprint != env.recovery_fingerprint
     _, info = default.play_policy(env.play_policy([0.5] * 12, dry_run=True)[1]["policy"])
     assert info["surrogate"] == "gp_warped" and info["surrogate_std"] > 0
+
+
+def test_a_shipped_dataset_chooses_its_family(data, monkeypatch):
+    """With no ``surrogate`` a shipped dataset (matched by sha256) gets its DATASETS family;
+    any other dataset the default."""
+    import pf_envs.envs.surrogate as sur
+    from pf_envs.envs.surrogate import DEFAULT_FAMILY, default_family
+
+    assert default_family(data) == DEFAULT_FAMILY
+    monkeypatch.setitem(sur.DATASETS, "mine", {"file": "x.npz", "sha256": data.sha256, "family": "hgb"})
+    assert default_family(data) == "hgb"
+    env = SurrogateChannelPruneEnv(data, flops_budget=0.3, surrogate_seed=1)
+    assert env.family == "hgb" and SurrogateChannelPruneEnv(data, flops_budget=0.3, surrogate="gp").family == "gp"
+    assert {e.get("family") for e in DATASETS.values()} <= set(FAMILIES)
 
 
 def _real_env_available() -> bool:

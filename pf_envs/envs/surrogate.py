@@ -39,15 +39,15 @@ from pf_envs.cache import cache_key
 from pf_envs.core import CompressionEnv
 from pf_envs.envs.channel_prune import ChannelPruneEnv
 from pf_envs.envs.uniform_quant import UniformQuantEnv
-from pf_envs.episode_data import EpisodeData, load_episodes
+from pf_envs.episode_data import DATASETS, EpisodeData, load_episodes
 from pf_envs.model_env import count_params
 from pf_envs.rewards import REWARDS, Measurements
 from pf_envs.surrogate_model import FAMILIES, SurrogateRegressor, fit_on
 
 #: Bumped when a surrogate env's reward recipe changes (part of its recovery fingerprint).
 SURROGATE_VERSION = 1
-#: The default regressor family (chosen by held-out error on both splits and prediction cost:
-#: docs/surrogate.md, "Surrogates and their fidelity").
+#: The default regressor family of a dataset that is not shipped (a shipped one's is its
+#: ``DATASETS`` entry's ``family``, chosen by held-out error on it: docs/surrogate.md).
 DEFAULT_FAMILY = "gp_warped"
 #: Input size of each dataset's images (what the cost table is counted at).
 INPUT_SIZES: dict[str, int] = {"cifar10": 32, "imagenet": 224}
@@ -100,7 +100,7 @@ class SurrogateMixin:
     data: EpisodeData
     regressor: SurrogateRegressor
 
-    def _surrogate_init(self, data: str | EpisodeData, budget: float | None, surrogate: str, surrogate_seed: int,
+    def _surrogate_init(self, data: str | EpisodeData, budget: float | None, surrogate: str | None, surrogate_seed: int,
                         reward: str, render_mode: str | None, unknown: dict[str, Any]) -> None:
         cls = type(self)
         bk = cls.budget_kwarg  # type: ignore[attr-defined]
@@ -110,17 +110,21 @@ class SurrogateMixin:
                             f"{list(self.OWN_KWARGS)}")
         if render_mode is not None:
             raise ValueError(f"render_mode={render_mode!r}: a surrogate env has no rendering")
-        if surrogate not in FAMILIES:
+        if surrogate is not None and surrogate not in FAMILIES:
             raise ValueError(f"unknown surrogate {surrogate!r}; choose one of {sorted(FAMILIES)}")
         if reward not in REWARDS:
             raise ValueError(f"unknown reward {reward!r}; choose one of {sorted(REWARDS)}")
         self.data = data if isinstance(data, EpisodeData) else load_episodes(data)
+        surrogate = surrogate or default_family(self.data)
         header = self.data.header
         method = _entry_class(header.get("env_id", ""))
         if method is None or not issubclass(method, self.METHOD_CLASS):
             raise ValueError(f"the dataset was collected on {header.get('env_id')!r}, not a "
                              f"{self.METHOD_CLASS.__name__} env: use the surrogate class of its method")
         lo, hi = float(np.min(self.data.budget)), float(np.max(self.data.budget))
+        planned = (header.get("plan") or {}).get("budgets")
+        if planned:  # the range the collection drew its budgets from (the data's own ends fall inside it)
+            lo, hi = min(lo, float(planned[0])), max(hi, float(planned[1]))
         budget = float(header.get("reference_budget", 0.5) if budget is None else budget)
         if not lo - BUDGET_SLACK <= budget <= hi + BUDGET_SLACK:
             raise ValueError(f"{bk}={budget} is outside the budgets the surrogate's dataset covers "
@@ -176,6 +180,16 @@ class SurrogateMixin:
                            f"({self.data.header.get('env_id')}) to get one")
 
 
+def default_family(data: EpisodeData) -> str:
+    """The regressor family a surrogate env uses when none is given: a shipped dataset's own
+    (its :data:`~pf_envs.episode_data.DATASETS` entry, matched by sha256, also when loaded from
+    a copy), else :data:`DEFAULT_FAMILY`."""
+    for entry in DATASETS.values():
+        if data.sha256 and entry["sha256"] == data.sha256:
+            return str(entry.get("family", DEFAULT_FAMILY))
+    return DEFAULT_FAMILY
+
+
 def _entry_class(env_id: str) -> type | None:
     import importlib
 
@@ -200,7 +214,8 @@ class SurrogateChannelPruneEnv(SurrogateMixin, ChannelPruneEnv):
         data: a shipped dataset name (:data:`pf_envs.episode_data.DATASETS`) or a dataset file
             (``.npz``, ``.jsonl``, ``.jsonl.gz``) collected on a ChannelPrune env.
         flops_budget: within the budgets the dataset covers (default: its reference budget, 0.5).
-        surrogate: regressor family (:data:`pf_envs.surrogate_model.FAMILIES`).
+        surrogate: regressor family (:data:`pf_envs.surrogate_model.FAMILIES`; default: the
+            dataset's, :func:`default_family`).
         surrogate_seed: seed of the regressor's fit (bootstrap samples, initial weights).
         reward: reward name (``pf_envs.rewards.REWARDS``), computed from the predicted accuracy.
     """
@@ -208,7 +223,7 @@ class SurrogateChannelPruneEnv(SurrogateMixin, ChannelPruneEnv):
     METHOD_CLASS = ChannelPruneEnv
 
     def __init__(self, data: str | EpisodeData = "channelprune_resnet20", *, flops_budget: float | None = None,
-                 surrogate: str = DEFAULT_FAMILY, surrogate_seed: int = 0, reward: str = "accuracy",
+                 surrogate: str | None = None, surrogate_seed: int = 0, reward: str = "accuracy",
                  render_mode: str | None = None, **unknown: Any) -> None:
         self._surrogate_init(data, flops_budget, surrogate, surrogate_seed, reward, render_mode, unknown)
 
@@ -250,7 +265,7 @@ class SurrogateUniformQuantEnv(SurrogateMixin, UniformQuantEnv):
     METHOD_CLASS = UniformQuantEnv
 
     def __init__(self, data: str | EpisodeData = "uniformquant_resnet20", *, avg_bits: float | None = None,
-                 surrogate: str = DEFAULT_FAMILY, surrogate_seed: int = 0, reward: str = "accuracy",
+                 surrogate: str | None = None, surrogate_seed: int = 0, reward: str = "accuracy",
                  render_mode: str | None = None, **unknown: Any) -> None:
         self._surrogate_init(data, avg_bits, surrogate, surrogate_seed, reward, render_mode, unknown)
 
@@ -284,5 +299,5 @@ class SurrogateUniformQuantEnv(SurrogateMixin, UniformQuantEnv):
         return measured, extra
 
 
-__all__ = ["DEFAULT_FAMILY", "SurrogateChannelPruneEnv", "SurrogateMixin",
+__all__ = ["DEFAULT_FAMILY", "default_family", "SurrogateChannelPruneEnv", "SurrogateMixin",
            "SurrogateUniformQuantEnv", "fitted_regressor"]
