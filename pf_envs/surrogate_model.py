@@ -438,6 +438,12 @@ class HoldoutScore:
     top_decile: int = 0
     top_decile_ci: tuple[float, float] = (float("nan"), float("nan"))
     median_ae_points: float = float("nan")
+    #: A GP family's fitted white noise, in points at the test part's mean accuracy (NaN for
+    #: the others), and the Spearman a regressor that knew the noise-free accuracy would reach
+    #: against labels with that noise, overall and in the top decile (:func:`noise_ceiling`).
+    noise_points: float = float("nan")
+    ceiling_spearman: float = float("nan")
+    ceiling_top_decile: float = float("nan")
 
     def row(self) -> str:
         lo, hi = self.top_decile_ci
@@ -470,6 +476,26 @@ def bootstrap_spearman_ci(a: np.ndarray, b: np.ndarray, resamples: int = 2000, s
     ok = den > 0
     r = (ra * rb).sum(1)[ok] / den[ok]
     return float(np.quantile(r, 0.025)), float(np.quantile(r, 0.975))
+
+
+def noise_ceiling(y: np.ndarray, sigma: float, sims: int = 400, seed: int = 0) -> tuple[float, float]:
+    """The Spearman correlations, overall and within the top decile, that a regressor knowing
+    the noise-free accuracy exactly would reach against labels carrying Gaussian noise of
+    standard deviation ``sigma`` (same units as ``y``): what the labels' own noise leaves
+    reachable. Simulated: the noise-free values are ``y`` shrunk towards their mean to the
+    variance ``var(y) - sigma ** 2``, the labels those plus fresh noise, the top decile chosen
+    on the labels as :func:`holdout_scores` chooses it; the mean over ``sims`` draws."""
+    y = np.asarray(y, np.float64)
+    k = np.sqrt(max(0.0, 1.0 - sigma**2 / max(float(y.var()), 1e-300)))
+    f = y.mean() + (y - y.mean()) * k
+    rng = np.random.default_rng(seed)
+    overall, top = [], []
+    for _ in range(sims):
+        label = f + rng.normal(0.0, sigma, len(f))
+        sel = label >= np.quantile(label, 0.9)
+        overall.append(spearman(label, f))
+        top.append(spearman(label[sel], f[sel]))
+    return float(np.nanmean(overall)), float(np.nanmean(top))
 
 
 def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "mlp", "gp"), *, test_frac: float = 0.2,
@@ -509,14 +535,21 @@ def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "m
         bins = np.floor(test.cost_ratio / bin_width)
         within = [spearman(y[bins == b], mean[bins == b]) for b in np.unique(bins) if (bins == b).sum() >= 10]
         within = [w for w in within if np.isfinite(w)]
+        ceiling = (float("nan"), float("nan"))
+        noise_points = float("nan")
+        if hasattr(model, "noise_std"):  # the GPs: their fitted white noise, in points at the test mean
+            a = float(np.mean(y))
+            noise_points = 100 * model.noise_std * (a * (1 - a) if model.settings["target"] == "logit" else 1.0)
+            ceiling = noise_ceiling(y, noise_points / 100, seed=seed)
         out.append(HoldoutScore(
             family, len(tr), len(te), spearman(y, mean), float(100 * np.abs(y - mean).mean()),
             spearman(y[top], mean[top]), float(np.mean(within)) if within else float("nan"),
             float(100 * std.mean()), fit_s, predict_ms, top_decile=int(top.sum()),
             top_decile_ci=bootstrap_spearman_ci(y[top], mean[top], seed=seed),
-            median_ae_points=float(100 * np.median(np.abs(y - mean)))))
+            median_ae_points=float(100 * np.median(np.abs(y - mean))), noise_points=float(noise_points),
+            ceiling_spearman=ceiling[0], ceiling_top_decile=ceiling[1]))
     return out
 
 
 __all__ = ["FAMILIES", "HEADER", "HoldoutScore", "SurrogateRegressor", "bootstrap_spearman_ci", "fit_on",
-           "holdout_scores", "make_regressor", "split_indices"]
+           "holdout_scores", "make_regressor", "noise_ceiling", "split_indices"]

@@ -201,6 +201,24 @@ def test_holdout_scores(data):
         holdout_scores(data, ["gp"], train_frac=0)
 
 
+def test_noise_ceiling():
+    """No noise: a perfect regressor ranks perfectly; noise as large as the spread: the top
+    decile is near chance, the overall ranking about Corr = 1 / sqrt(2)."""
+    from pf_envs.surrogate_model import noise_ceiling
+
+    y = np.random.default_rng(0).normal(0.8, 0.01, 600)
+    assert noise_ceiling(y, 0.0, sims=20) == pytest.approx((1.0, 1.0))
+    overall, top = noise_ceiling(y, 0.01 / np.sqrt(2), sims=50)  # half the variance is noise
+    assert 0.65 < overall < 0.75 and top < 0.45
+    assert noise_ceiling(y, 0.002, sims=50)[1] > top
+
+
+def test_holdout_scores_report_a_gp_s_noise_and_ceiling(data):
+    (gp, hgb) = holdout_scores(data, ["gp", "hgb"], test_frac=0.25)
+    assert gp.noise_points >= 0 and 0 < gp.ceiling_spearman <= 1 and gp.ceiling_top_decile <= 1
+    assert hgb.noise_points != hgb.noise_points  # NaN: trees fit no noise level
+
+
 def test_bootstrap_spearman_ci():
     rng = np.random.default_rng(0)
     a = rng.normal(size=200)
