@@ -170,9 +170,10 @@ class RealEnvs:
     budget, a split and a number of images, each built once, and the accuracies it gave, kept in
     ``cache`` (:class:`RealScores`): the re-score and the confirmation share both."""
 
-    def __init__(self, header: dict[str, Any], cache: Path | None = None) -> None:
+    def __init__(self, header: dict[str, Any], cache: Path | None = None, workers: int = 1) -> None:
         self.header = header
         self.scores = RealScores(cache)
+        self.workers = int(workers)
         self._envs: dict[tuple[float, str, int | None], Any] = {}
 
     def config(self, budget: float, split: str, samples: int | None) -> dict[str, Any]:
@@ -194,13 +195,34 @@ class RealEnvs:
         k = (budget, split, samples)
         if k not in self._envs:
             self._envs[k] = gym.make(config["env_id"], **config["env_kwargs"]).unwrapped
-        t0 = time.time()
-        _, info = self._envs[k].play_policy(policy, seed=seed)
-        row = {"accuracy": float(info["accuracy"]), "images": int(info["reward_samples"]),
-               "flops_ratio": float(info.get("flops_ratio", float("nan"))), "budget": budget, "split": split,
-               "seconds": round(time.time() - t0, 2)}
+        row = _play_row(self._envs[k], budget, split, policy, seed)
         self.scores.put(key, row)
         return row
+
+    def score_many(self, requests: list[tuple[float, str, int | None, list[float], int | None]],
+                   desc: str = "real scores") -> list[dict[str, Any]]:
+        """:meth:`score` of each ``(budget, split, samples, policy, seed)``, the ones not cached
+        played by ``workers`` processes at once (spawned, one torch thread each, each building
+        the real envs it needs once); each result is cached as it comes, so a killed call
+        resumes. Rows in the order of ``requests``."""
+        from tqdm import tqdm
+
+        keys = [self.scores.key(self.config(b, split, n), policy, seed) for b, split, n, policy, seed in requests]
+        todo = {k: r for k, r in zip(keys, requests) if self.scores.get(k) is None}
+        if self.workers > 1 and len(todo) > 1:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            with ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=mp.get_context("spawn"),
+                                     initializer=_real_worker_init) as pool:
+                futures = {pool.submit(_real_worker_score, self.config(b, split, n), b, split, policy, seed): k
+                           for k, (b, split, n, policy, seed) in todo.items()}
+                for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="policy"):
+                    self.scores.put(futures[fut], fut.result())
+        else:
+            for b, split, n, policy, seed in tqdm(list(todo.values()), desc=desc, unit="policy"):
+                self.score(b, split, n, policy, seed)
+        return [self.scores.get(k) for k in keys]  # type: ignore[misc]
 
     def close(self) -> None:
         for env in self._envs.values():
@@ -208,13 +230,42 @@ class RealEnvs:
         self._envs.clear()
 
 
+_REAL_ENVS: dict[str, Any] = {}
+
+
+def _real_worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _real_worker_score(config: dict[str, Any], budget: float, split: str, policy: list[float],
+                       seed: int | None) -> dict[str, Any]:
+    """One real episode in a worker process (its envs built once per configuration)."""
+    import gymnasium as gym
+
+    import pf_envs  # noqa: F401  (registers the ids)
+
+    k = json.dumps(config, sort_keys=True, default=str)
+    if k not in _REAL_ENVS:
+        _REAL_ENVS[k] = gym.make(config["env_id"], **config["env_kwargs"]).unwrapped
+    return _play_row(_REAL_ENVS[k], budget, split, policy, seed)
+
+
+def _play_row(env: Any, budget: float, split: str, policy: list[float], seed: int | None) -> dict[str, Any]:
+    t0 = time.time()
+    _, info = env.play_policy(policy, seed=seed)
+    return {"accuracy": float(info["accuracy"]), "images": int(info["reward_samples"]),
+            "flops_ratio": float(info.get("flops_ratio", float("nan"))), "budget": budget, "split": split,
+            "seconds": round(time.time() - t0, 2)}
+
+
 def rescore_real(real: RealEnvs, runs: list[dict[str, Any]], samples: int) -> None:
     """Replay each run's best policy on the real env of the surrogate's dataset (test split,
     ``samples`` images)."""
-    from tqdm import tqdm
-
-    for run in tqdm(runs, desc="real re-score of each run's best", unit="run"):
-        row = real.score(run["budget"], "test", samples, run["best"]["policy"], run["best"]["seed"])
+    rows = real.score_many([(run["budget"], "test", samples, run["best"]["policy"], run["best"]["seed"])
+                            for run in runs], desc="real re-score of each run's best")
+    for run, row in zip(runs, rows):
         run["best"]["real"] = row["accuracy"]
 
 
@@ -247,7 +298,6 @@ def confirm_top(real: RealEnvs, runs: list[dict[str, Any]], logdir: Path, agents
     an episode); the best of them by that real reward is then scored on ``test_samples`` test
     images. Returns one row per (budget, agent)."""
     import numpy as np
-    from tqdm import tqdm
 
     from pf_envs.surrogate_model import spearman
 
@@ -257,8 +307,10 @@ def confirm_top(real: RealEnvs, runs: list[dict[str, Any]], logdir: Path, agents
             top = top_policies(logdir, runs, agent, b, evaluations)
             if not top:
                 continue
-            for t in tqdm(top, desc=f"real scores of {agent}'s top policies at {b}", unit="policy"):
-                t["real"] = real.score(b, "reward", None, t["policy"], t["seed"])["accuracy"]
+            rows = real.score_many([(b, "reward", None, t["policy"], t["seed"]) for t in top],
+                                   desc=f"real scores of {agent}'s top policies at {b}")
+            for t, row in zip(top, rows):
+                t["real"] = row["accuracy"]
             best_i = int(np.argmax([t["real"] for t in top]))
             best = top[best_i]
             test = real.score(b, "test", test_samples, best["policy"], best["seed"])
@@ -430,7 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="write each run's TensorBoard curves (off by default: they cost more than a surrogate episode)")
     p.add_argument("--agent-kwargs", action="append", default=[], metavar="LABEL:K=V,...",
                    help="settings of one agent or variant, e.g. ddpg:warmup_episodes=100 (repeatable)")
-    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--workers", type=int, default=1,
+                   help="processes (the searches, and the real episodes of --rescore / --confirm)")
     p.add_argument("--rescore", type=int, default=0, metavar="N",
                    help="re-score each run's best policy on the real env, N test images (0: no)")
     p.add_argument("--confirm", type=int, default=0, metavar="K",
@@ -518,7 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [run_one(j) for j in jobs]
     wall = time.time() - t0
     # the smoke dataset has no real env behind it
-    real = RealEnvs(probe.data.header, Path(args.logdir) / "real_scores.jsonl") if not args.smoke else None
+    real = (RealEnvs(probe.data.header, Path(args.logdir) / "real_scores.jsonl", workers=args.workers)
+            if not args.smoke else None)
     if args.rescore and real is not None:
         rescore_real(real, runs, args.rescore)
     text = table(runs, labels, args.budgets, args.episodes)

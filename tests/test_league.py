@@ -111,7 +111,8 @@ def test_every_named_ddpg_variant_is_a_valid_setting_as_the_league_spells_it():
         DDPGAgent.check_settings({**DDPGAgent.DEFAULTS, **back})
 
 
-def test_rescore_and_confirm_play_real_policies_once_and_resume(cifar_root, tmp_path, capsys):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_rescore_and_confirm_play_real_policies_once_and_resume(cifar_root, tmp_path, capsys, workers):
     """``--rescore`` and ``--confirm`` on a tiny dataset whose header names a small real
     ChannelPrune-ResNet20 configuration: every run's best is played on the real test split, the
     best agent's top policies on the dataset's own reward, the best of those on test; the
@@ -122,7 +123,7 @@ def test_rescore_and_confirm_play_real_policies_once_and_resume(cifar_root, tmp_
     out, logdir = tmp_path / "league.json", tmp_path / "runs"
     argv = ["--env-kwargs", f"data={data},surrogate=hgb", "--agents", "uniform", "random", "--seeds", "2",
             "--episodes", "4", "--budgets", "0.5", "--rescore", "100", "--confirm", "3", "--logdir", str(logdir),
-            "--out", str(out)]
+            "--out", str(out), "--workers", str(workers)]
     assert league.main(argv) == 0
     result = json.loads(out.read_text())
     for r in result["runs"]:
