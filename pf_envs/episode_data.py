@@ -35,7 +35,7 @@ DATA_DIR = Path(__file__).parent / "surrogate_data"
 #: ``benchmarks/surrogate_quality.py``, docs/surrogate.md).
 DATASETS: dict[str, dict[str, Any]] = {
     # ChannelPrune-ResNet20: the full 3,000 episodes (2026-12-05, 00:03 UTC). UniformQuant-ResNet20:
-    # a snapshot of the collection in progress (704 of the 3,000 planned, 2026-12-05 00:10 UTC);
+    # a snapshot of the collection in progress (2,770 of the 3,000 planned, 2026-12-05 04:31 UTC);
     # replace it with the full dataset (the same command resumes it, then --export) and its sha256.
     "channelprune_resnet20": {
         "file": "channelprune_resnet20.npz", "episodes": 3000,
@@ -46,9 +46,9 @@ DATASETS: dict[str, dict[str, Any]] = {
                    "--threads 1 (then --export pf_envs/surrogate_data/channelprune_resnet20.npz; docs/surrogate.md)",
     },
     "uniformquant_resnet20": {
-        "file": "uniformquant_resnet20.npz", "episodes": 704,
-        "sha256": "cf56999fbb760b5cdfe7bc8aaa450bf8f98815a34974a00f60cd2d74ba4e0936", "url": None,
-        "family": "gp_warped",
+        "file": "uniformquant_resnet20.npz", "episodes": 2770,
+        "sha256": "89f46ddaa079fa0b551499c3182e775af92764adc302f5ef9b08cc6a4b503daa", "url": None,
+        "family": "hgb",
         "collect": "python scripts/collect_episodes.py --env UniformQuant-ResNet20-v0 --out "
                    "uniformquant_resnet20.jsonl --episodes 3000 --env-kwargs ft_iters=0,reward_samples=2000 "
                    "--budgets 2.1 2.4 --threads 1 (then --export pf_envs/surrogate_data/uniformquant_resnet20.npz; "
