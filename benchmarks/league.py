@@ -174,7 +174,6 @@ class RealEnvs:
         self.header = header
         self.scores = RealScores(cache)
         self.workers = int(workers)
-        self._envs: dict[tuple[float, str, int | None], Any] = {}
 
     def config(self, budget: float, split: str, samples: int | None) -> dict[str, Any]:
         kwargs = {**self.header["env_kwargs"], self.header["budget_kwarg"]: budget}
@@ -185,17 +184,12 @@ class RealEnvs:
     def score(self, budget: float, split: str, samples: int | None, policy: list[float],
               seed: int | None) -> dict[str, Any]:
         """The real accuracy of ``policy`` (cached): ``{"accuracy", "images", ...}``."""
-        import gymnasium as gym
-
         config = self.config(budget, split, samples)
         key = self.scores.key(config, policy, seed)
         hit = self.scores.get(key)
         if hit is not None:
             return hit
-        k = (budget, split, samples)
-        if k not in self._envs:
-            self._envs[k] = gym.make(config["env_id"], **config["env_kwargs"]).unwrapped
-        row = _play_row(self._envs[k], budget, split, policy, seed)
+        row = _real_score(config, budget, split, policy, seed)
         self.scores.put(key, row)
         return row
 
@@ -215,7 +209,7 @@ class RealEnvs:
 
             with ProcessPoolExecutor(min(self.workers, len(todo)), mp_context=mp.get_context("spawn"),
                                      initializer=_real_worker_init) as pool:
-                futures = {pool.submit(_real_worker_score, self.config(b, split, n), b, split, policy, seed): k
+                futures = {pool.submit(_real_score, self.config(b, split, n), b, split, policy, seed): k
                            for k, (b, split, n, policy, seed) in todo.items()}
                 for fut in tqdm(as_completed(futures), total=len(futures), desc=desc, unit="policy"):
                     self.scores.put(futures[fut], fut.result())
@@ -225,11 +219,12 @@ class RealEnvs:
         return [self.scores.get(k) for k in keys]  # type: ignore[misc]
 
     def close(self) -> None:
-        for env in self._envs.values():
+        for env in _REAL_ENVS.values():
             env.close()
-        self._envs.clear()
+        _REAL_ENVS.clear()
 
 
+#: The real envs this process built, by configuration (each built once: ~10 s for a test split).
 _REAL_ENVS: dict[str, Any] = {}
 
 
@@ -239,9 +234,9 @@ def _real_worker_init() -> None:
     torch.set_num_threads(1)
 
 
-def _real_worker_score(config: dict[str, Any], budget: float, split: str, policy: list[float],
-                       seed: int | None) -> dict[str, Any]:
-    """One real episode in a worker process (its envs built once per configuration)."""
+def _real_score(config: dict[str, Any], budget: float, split: str, policy: list[float],
+                seed: int | None) -> dict[str, Any]:
+    """One real episode (in this process or a worker's), on the env of ``config`` built once."""
     import gymnasium as gym
 
     import pf_envs  # noqa: F401  (registers the ids)
@@ -249,12 +244,8 @@ def _real_worker_score(config: dict[str, Any], budget: float, split: str, policy
     k = json.dumps(config, sort_keys=True, default=str)
     if k not in _REAL_ENVS:
         _REAL_ENVS[k] = gym.make(config["env_id"], **config["env_kwargs"]).unwrapped
-    return _play_row(_REAL_ENVS[k], budget, split, policy, seed)
-
-
-def _play_row(env: Any, budget: float, split: str, policy: list[float], seed: int | None) -> dict[str, Any]:
     t0 = time.time()
-    _, info = env.play_policy(policy, seed=seed)
+    _, info = _REAL_ENVS[k].play_policy(policy, seed=seed)
     return {"accuracy": float(info["accuracy"]), "images": int(info["reward_samples"]),
             "flops_ratio": float(info.get("flops_ratio", float("nan"))), "budget": budget, "split": split,
             "seconds": round(time.time() - t0, 2)}

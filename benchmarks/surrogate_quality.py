@@ -36,12 +36,10 @@ def episode_ms(data, family: str, budget: float, episodes: int) -> tuple[float, 
     time is the fairer figure on a shared machine)."""
     import numpy as np
 
-    from pf_envs.envs.surrogate import SurrogateChannelPruneEnv, SurrogateUniformQuantEnv, _entry_class
+    from pf_envs.envs.surrogate import surrogate_class
 
-    method = _entry_class(str(data.header.get("env_id", "")))  # the surrogate class of the dataset's method
-    cls = next(c for c in (SurrogateChannelPruneEnv, SurrogateUniformQuantEnv)
-               if method is not None and issubclass(method, c.METHOD_CLASS))
-    env = cls(data, **{cls.budget_kwarg: budget}, surrogate=family)
+    cls = surrogate_class(data)
+    env = cls(data, **{cls.budget_kwarg: budget}, surrogate=family)  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     actions = rng.uniform(-1, 1, (episodes, env.num_steps)).astype(np.float32)
     t0, c0 = time.perf_counter(), time.process_time()

@@ -165,20 +165,18 @@ class HGBSurrogate(_TreeEnsemble):
         and thread set-up, 5 members 15 ms: over the surrogate envs' 5 ms an episode)."""
         trees = [(k, t[0].nodes) for k, m in enumerate(self.members) for t in m._predictors]
         width = max(len(nodes) for _, nodes in trees)
-        shape = (len(trees), width)
-        self._feat = np.zeros(shape, np.intp)
-        self._thr = np.zeros(shape, np.float64)
-        self._child = np.zeros((2, *shape), np.intp)  # [0]: left (x <= threshold), [1]: right
-        self._leaf = np.ones(shape, bool)
-        self._value = np.zeros(shape, np.float64)
+        padded = np.zeros((len(trees), width), trees[0][1].dtype)
+        padded["is_leaf"] = 1  # padding is never reached; a leaf there ends any walk
         for t, (_, nodes) in enumerate(trees):
-            n = len(nodes)
             if nodes["is_categorical"].any():  # pragma: no cover - our features are numeric
                 raise ValueError("categorical splits are not supported by the packed trees")
-            self._feat[t, :n], self._thr[t, :n] = nodes["feature_idx"], nodes["num_threshold"]
-            self._child[0, t, :n], self._child[1, t, :n] = nodes["left"], nodes["right"]
-            self._leaf[t, :n], self._value[t, :n] = nodes["is_leaf"].astype(bool), nodes["value"]
-        self._depth = int(max(nodes["depth"].max() for _, nodes in trees))
+            padded[t, :len(nodes)] = nodes
+        flat = padded.ravel()  # node j of tree t at t * width + j
+        self._feat, self._thr = flat["feature_idx"].astype(np.intp), flat["num_threshold"].astype(np.float64)
+        self._left, self._right = flat["left"].astype(np.intp), flat["right"].astype(np.intp)
+        self._leaf, self._value = flat["is_leaf"].astype(bool), flat["value"].astype(np.float64)
+        self._base = (np.arange(len(trees)) * width)[:, None]
+        self._depth = int(padded["depth"].max())
         members = np.asarray([k for k, _ in trees])
         self._starts = np.flatnonzero(np.r_[True, members[1:] != members[:-1]])
         self._baseline = np.asarray([float(np.ravel(m._baseline_prediction)[0]) for m in self.members])
@@ -186,21 +184,17 @@ class HGBSurrogate(_TreeEnsemble):
     def _predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The members' predictions (as their ``predict``, to rounding), walking the packed trees."""
         x = np.asarray(x, np.float64)
-        n_trees, width = self._feat.shape
-        base = (np.arange(n_trees) * width)[:, None]  # flat offset of each tree's nodes
-        node = np.zeros((n_trees, len(x)), np.intp)
+        node = np.zeros((len(self._base), len(x)), np.intp)  # (trees, rows): node index within its tree
         cols = np.arange(len(x))[None, :]
-        feat, thr, leaf = self._feat.ravel(), self._thr.ravel(), self._leaf.ravel()
-        left, right = self._child[0].ravel(), self._child[1].ravel()
         for _ in range(self._depth):
-            at = base + node
-            inner = ~leaf[at]
+            at = self._base + node
+            inner = ~self._leaf[at]
             if not inner.any():
                 break
             # NaN goes right here (scikit-learn learns a side for it); the features are never NaN
-            go_left = x[cols, feat[at]] <= thr[at]
-            node = np.where(inner, np.where(go_left, left[at], right[at]), node)
-        p = np.add.reduceat(self._value.ravel()[base + node], self._starts, axis=0) + self._baseline[:, None]
+            go_left = x[cols, self._feat[at]] <= self._thr[at]
+            node = np.where(inner, np.where(go_left, self._left[at], self._right[at]), node)
+        p = np.add.reduceat(self._value[self._base + node], self._starts, axis=0) + self._baseline[:, None]
         return p.mean(0), p.std(0)
 
     def _member(self, k: int) -> Any:

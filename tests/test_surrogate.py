@@ -421,3 +421,14 @@ def test_shipped_quant_dataset_and_registered_id():
         if terminated:
             break
     assert info["avg_weight_bits"] <= 2.25 + 1e-9 and 0 <= info["accuracy"] <= 1 and "surrogate_std" in info
+
+
+def test_surrogate_class_follows_the_dataset_s_method(data):
+    import dataclasses
+
+    from pf_envs.envs.surrogate import SurrogateUniformQuantEnv, surrogate_class
+
+    assert surrogate_class(data) is SurrogateChannelPruneEnv
+    assert surrogate_class(quant_dataset()) is SurrogateUniformQuantEnv
+    with pytest.raises(ValueError, match="no surrogate env"):
+        surrogate_class(dataclasses.replace(data, header={**data.header, "env_id": "Toy-v0"}))

@@ -190,6 +190,16 @@ def default_family(data: EpisodeData) -> str:
     return DEFAULT_FAMILY
 
 
+def surrogate_class(data: EpisodeData) -> type[SurrogateMixin]:
+    """The surrogate env class of the method ``data`` was collected on (its header's env id)."""
+    method = _entry_class(str(data.header.get("env_id", "")))
+    for cls in SurrogateMixin.__subclasses__():
+        if method is not None and issubclass(method, cls.METHOD_CLASS):
+            return cls
+    raise ValueError(f"no surrogate env for datasets of {data.header.get('env_id')!r}; surrogate envs exist for "
+                     f"{[c.METHOD_CLASS.__name__ for c in SurrogateMixin.__subclasses__()]}")
+
+
 def _entry_class(env_id: str) -> type | None:
     import importlib
 
@@ -299,5 +309,5 @@ class SurrogateUniformQuantEnv(SurrogateMixin, UniformQuantEnv):
         return measured, extra
 
 
-__all__ = ["DEFAULT_FAMILY", "default_family", "SurrogateChannelPruneEnv", "SurrogateMixin",
+__all__ = ["DEFAULT_FAMILY", "default_family", "surrogate_class", "SurrogateChannelPruneEnv", "SurrogateMixin",
            "SurrogateUniformQuantEnv", "fitted_regressor"]
