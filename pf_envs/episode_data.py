@@ -34,9 +34,8 @@ DATA_DIR = Path(__file__).parent / "surrogate_data"
 #: ``family``: the surrogate envs' default regressor on it (the best by held-out error on it:
 #: ``benchmarks/surrogate_quality.py``, docs/surrogate.md).
 DATASETS: dict[str, dict[str, Any]] = {
-    # ChannelPrune-ResNet20: the full 3,000 episodes (2026-12-05, 00:03 UTC). UniformQuant-ResNet20:
-    # a snapshot of the collection in progress (2,770 of the 3,000 planned, 2026-12-05 04:31 UTC);
-    # replace it with the full dataset (the same command resumes it, then --export) and its sha256.
+    # Both complete at 3,000 episodes: ChannelPrune-ResNet20 (2026-12-05, 00:03 UTC),
+    # UniformQuant-ResNet20 (2026-12-05, 05:19 UTC).
     "channelprune_resnet20": {
         "file": "channelprune_resnet20.npz", "episodes": 3000,
         "sha256": "fe78525c2049794635163554796614f9ceb40f08a5a6db67bbdb72f3c91c86f3", "url": None,
@@ -46,8 +45,8 @@ DATASETS: dict[str, dict[str, Any]] = {
                    "--threads 1 (then --export pf_envs/surrogate_data/channelprune_resnet20.npz; docs/surrogate.md)",
     },
     "uniformquant_resnet20": {
-        "file": "uniformquant_resnet20.npz", "episodes": 2770,
-        "sha256": "89f46ddaa079fa0b551499c3182e775af92764adc302f5ef9b08cc6a4b503daa", "url": None,
+        "file": "uniformquant_resnet20.npz", "episodes": 3000,
+        "sha256": "f70e223e930ac0f3f7b55897ee92fca25b36056346a760478b6b143046e6a8a6", "url": None,
         "family": "hgb",
         "collect": "python scripts/collect_episodes.py --env UniformQuant-ResNet20-v0 --out "
                    "uniformquant_resnet20.jsonl --episodes 3000 --env-kwargs ft_iters=0,reward_samples=2000 "

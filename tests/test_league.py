@@ -7,6 +7,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
@@ -148,3 +149,34 @@ def test_confirm_agents_must_be_league_agents(capsys):
     with pytest.raises(SystemExit):
         league.main(["--smoke", "--confirm", "3", "--confirm-agents", "sac"])
     assert "--confirm-agents ['sac']" in capsys.readouterr().err
+
+
+class _CleanRealEnvs:
+    """A stand-in for :class:`league.RealEnvs`: the noise-free synthetic accuracy of each policy."""
+
+    def __init__(self):
+        self.requests = []
+
+    def score_many(self, requests, desc=""):
+        from test_surrogate import synthetic_accuracy
+
+        self.requests += requests
+        return [{"accuracy": float(synthetic_accuracy(np.asarray([policy]))[0])} for _, _, _, policy, _ in requests]
+
+
+def test_top_decile_rescore_separates_the_label_s_noise_from_the_surrogate_s():
+    """The held-out top decile re-scored by a clean real env: the labels' own ranking of the
+    clean scores is below 1 (they carry noise), and every figure covers the same episodes."""
+    import surrogate_topdecile
+    from test_surrogate import synthetic_dataset
+
+    data = synthetic_dataset(400, seed=3)
+    noisy = data.subset(np.arange(len(data)))
+    noisy.accuracy = noisy.accuracy + np.random.default_rng(0).normal(0, 0.03, len(noisy))
+    real = _CleanRealEnvs()
+    out = surrogate_topdecile.top_decile_rescore(noisy, "hgb", real, split="test", images=500, seed=0)
+    assert out["episodes"] == len(real.requests) == len(out["rows"]) == 8  # 10% of the 80 held out
+    assert all(split == "test" and n == 500 for _, split, n, _, _ in real.requests)
+    assert out["label_vs_clean"]["spearman"] < 1.0
+    assert all(abs(r["label"] - r["clean"]) < 0.15 for r in out["rows"])
+    assert set(out) >= {"surrogate_vs_label", "surrogate_vs_clean", "mean_label_minus_clean_points"}
