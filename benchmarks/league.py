@@ -79,8 +79,24 @@ def warmup_length(agent: str, kwargs: dict[str, Any]) -> int | None:
     return None
 
 
+#: Each run folder's cost ledger: the CPU and wall seconds and the episodes of every league
+#: process that played in it, summed, so that a league restarted after its searches still
+#: reports what they cost (the restarted process itself plays nothing).
+COST_FILE = "league_cost.json"
+
+
+def _ledger(run_dir: Path) -> dict[str, float]:
+    """The run folder's cost so far (zeros when it has none or it cannot be read)."""
+    try:
+        cost = json.loads((run_dir / COST_FILE).read_text())
+        return {k: float(cost[k]) for k in ("cpu_s", "wall_s", "played")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"cpu_s": 0.0, "wall_s": 0.0, "played": 0.0}
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
-    """One search (resumed if its run folder exists); returns its rewards in order and its best."""
+    """One search (resumed if its run folder exists); returns its rewards in order, its best and
+    its cost over every league process that played in it (:data:`COST_FILE`)."""
     import torch
 
     from pf_agents.records import read_run
@@ -98,9 +114,14 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
                     agent_kwargs=job["agent_kwargs"], tensorboard=job.get("tensorboard", False))
     rewards = [float(r["reward"]) for r in result.history]
     best = result.best or {}
+    cost = _ledger(run_dir)
+    played = len(rewards) - before
+    if played:
+        cost = {"cpu_s": cost["cpu_s"] + time.process_time() - c0, "wall_s": cost["wall_s"] + time.time() - t0,
+                "played": cost["played"] + played}
+        (run_dir / COST_FILE).write_text(json.dumps(cost))
     return {**{k: job[k] for k in ("agent", "algo", "seed", "budget", "warmup", "name")}, "rewards": rewards,
-            "wall_s": round(time.time() - t0, 1), "cpu_s": round(time.process_time() - c0, 2),
-            "played": len(rewards) - before,
+            "wall_s": round(cost["wall_s"], 1), "cpu_s": round(cost["cpu_s"], 2), "played": int(cost["played"]),
             "best": {"reward": best.get("reward"), "episode": best.get("episode"), "seed": best.get("seed"),
                      "policy": result.best_policy, "surrogate_std": (best.get("info") or {}).get("surrogate_std")}}
 
@@ -402,8 +423,9 @@ def table(runs: list[dict[str, Any]], agents: list[str], budgets: list[float], e
 
 
 def cost_table(runs: list[dict[str, Any]], agents: list[str], seeds: int, budgets: int) -> str:
-    """Each agent's CPU time: per episode played in this league, per run, and a full league's
-    share (``seeds`` x ``budgets`` runs of the same length), from ``time.process_time`` of its
+    """Each agent's CPU time: per episode played in its run folders (by every league process that
+    played in them, :data:`COST_FILE`: a restarted league reports its searches' cost), per run,
+    and a full league's share (``seeds`` x ``budgets`` runs of the same length), from ``time.process_time`` of its
     runs (the process's imports are paid by its first run: run one short league first, or read
     the per-episode figure of long runs)."""
     lines = ["| agent | runs | episodes played | CPU s | CPU ms an episode | CPU min at "

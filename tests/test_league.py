@@ -180,3 +180,21 @@ def test_top_decile_rescore_separates_the_label_s_noise_from_the_surrogate_s():
     assert out["label_vs_clean"]["spearman"] < 1.0
     assert all(abs(r["label"] - r["clean"]) < 0.15 for r in out["rows"])
     assert set(out) >= {"surrogate_vs_label", "surrogate_vs_clean", "mean_label_minus_clean_points"}
+
+
+def test_a_restarted_league_still_reports_what_its_searches_cost(tmp_path):
+    """The cost of a run is kept in its folder: a second league over finished runs plays nothing
+    and reports the first one's episodes and CPU time, not zeros."""
+    data = league.smoke_dataset(tmp_path / "smoke.npz")
+    job = {"env": "Surrogate-ChannelPrune-ResNet20-v0", "env_kwargs": {"data": data, "flops_budget": 0.5},
+           "agent": "random", "algo": "random", "seed": 0, "budget": 0.5, "episodes": 6, "agent_kwargs": {},
+           "warmup": None, "logdir": str(tmp_path / "runs"), "name": "r"}
+    first = league.run_one(job)
+    assert first["played"] == 6 and first["cpu_s"] > 0
+    again = league.run_one(job)
+    assert again["rewards"] == first["rewards"]
+    assert (again["played"], again["cpu_s"]) == (6, first["cpu_s"])
+    more = league.run_one({**job, "episodes": 9})  # resumed to more episodes: the costs add up
+    assert more["played"] == 9 and more["cpu_s"] > first["cpu_s"]
+    (tmp_path / "runs" / "r" / league.COST_FILE).write_text("{not json")
+    assert league.run_one({**job, "episodes": 9})["played"] == 0  # an unreadable ledger counts as zeros
