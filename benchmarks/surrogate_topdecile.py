@@ -39,7 +39,14 @@ import league  # noqa: E402
 
 from pf_envs.envs.surrogate import default_family  # noqa: E402
 from pf_envs.episode_data import load_episodes  # noqa: E402
-from pf_envs.surrogate_model import bootstrap_spearman_ci, fit_on, spearman, split_indices, target_of  # noqa: E402
+from pf_envs.surrogate_model import (  # noqa: E402
+    bootstrap_spearman_ci,
+    fit_on,
+    spearman,
+    split_indices,
+    target_of,
+    top_decile,
+)
 
 
 def top_decile_rescore(data, family: str, real: league.RealEnvs, split: str = "test", images: int = 10_000,
@@ -50,9 +57,11 @@ def top_decile_rescore(data, family: str, real: league.RealEnvs, split: str = "t
     train, test = data.subset(tr), data.subset(te)
     label = target_of(test)
     mean, _ = fit_on(train, family, seed).predict(test.values, test.cost_ratio)
-    top = np.flatnonzero(label >= np.quantile(label, 0.9))
-    rows = real.score_many([(float(test.budget[i]), split, images, [float(v) for v in test.values[i]], None)
-                            for i in top], desc=f"real re-score of the held-out top decile ({split}, {images} images)")
+    top = np.flatnonzero(top_decile(label))
+    # each episode re-played as recorded (its reset seed), on the other split and images
+    rows = real.score_many([(float(test.budget[i]), split, images, [float(v) for v in test.values[i]],
+                             int(test.seed[i])) for i in top],
+                           desc=f"real re-score of the held-out top decile ({split}, {images} images)")
     clean = np.array([r["accuracy"] for r in rows])
     pred, lab = mean[top], label[top]
 

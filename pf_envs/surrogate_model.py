@@ -389,6 +389,13 @@ def target_of(data: EpisodeData) -> np.ndarray:
 
 
 # -- held-out error -------------------------------------------------------------------------------
+def top_decile(y: np.ndarray) -> np.ndarray:
+    """The mask of the episodes whose label is in the top tenth (ties at the cut included): the
+    one rule behind every "top decile" figure (held-out scores, noise ceiling, re-scores)."""
+    y = np.asarray(y)
+    return y >= np.quantile(y, 0.9)
+
+
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -486,7 +493,7 @@ def noise_ceiling(y: np.ndarray, sigma: float, sims: int = 400, seed: int = 0) -
     overall, top = [], []
     for _ in range(sims):
         label = f + rng.normal(0.0, sigma, len(f))
-        sel = label >= np.quantile(label, 0.9)
+        sel = top_decile(label)
         overall.append(spearman(label, f))
         top.append(spearman(label[sel], f[sel]))
     return float(np.nanmean(overall)), float(np.nanmean(top))
@@ -525,7 +532,7 @@ def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "m
         for i in range(reps):
             model.predict(test.values[i % len(test): i % len(test) + 1], test.cost_ratio[i % len(test)])
         predict_ms = 1000 * (time.perf_counter() - t0) / reps
-        top = y >= np.quantile(y, 0.9)
+        top = top_decile(y)
         bins = np.floor(test.cost_ratio / bin_width)
         within = [spearman(y[bins == b], mean[bins == b]) for b in np.unique(bins) if (bins == b).sum() >= 10]
         within = [w for w in within if np.isfinite(w)]
@@ -546,4 +553,4 @@ def holdout_scores(data: EpisodeData, families: Sequence[str] = ("hgb", "gb", "m
 
 
 __all__ = ["FAMILIES", "HEADER", "HoldoutScore", "SurrogateRegressor", "bootstrap_spearman_ci", "fit_on",
-           "holdout_scores", "make_regressor", "noise_ceiling", "split_indices"]
+           "holdout_scores", "make_regressor", "noise_ceiling", "split_indices", "top_decile"]

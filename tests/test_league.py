@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import sys
@@ -171,12 +172,12 @@ def test_top_decile_rescore_separates_the_label_s_noise_from_the_surrogate_s():
     from test_surrogate import synthetic_dataset
 
     data = synthetic_dataset(400, seed=3)
-    noisy = data.subset(np.arange(len(data)))
-    noisy.accuracy = noisy.accuracy + np.random.default_rng(0).normal(0, 0.03, len(noisy))
+    noisy = dataclasses.replace(data, accuracy=data.accuracy + np.random.default_rng(0).normal(0, 0.03, len(data)))
     real = _CleanRealEnvs()
     out = surrogate_topdecile.top_decile_rescore(noisy, "hgb", real, split="test", images=500, seed=0)
     assert out["episodes"] == len(real.requests) == len(out["rows"]) == 8  # 10% of the 80 held out
     assert all(split == "test" and n == 500 for _, split, n, _, _ in real.requests)
+    assert sorted(seed for *_, seed in real.requests) == sorted(int(data.seed[r["index"]]) for r in out["rows"])
     assert out["label_vs_clean"]["spearman"] < 1.0
     assert all(abs(r["label"] - r["clean"]) < 0.15 for r in out["rows"])
     assert set(out) >= {"surrogate_vs_label", "surrogate_vs_clean", "mean_label_minus_clean_points"}
